@@ -1,0 +1,37 @@
+"""stitchcore: cut any PyTorch model at named nodes and stitch models together.
+
+Public API (stable names outside code can rely on):
+  load_model(spec) -> LoadedModel
+  list_cuts(model_or_loaded, all=False, example_input=None) -> list[Cut]
+  split(model_or_loaded, cut_name, example_input=None) -> (prefix, suffix)
+  hookimpl: decorator for plugin hook implementations
+"""
+
+from .cuts import Cut, CutBackend, Cutter, list_cuts, split
+from .errors import CutError, StitchError, UnknownNameError
+from .hookspecs import hookimpl
+from .sources import LoadedModel, ModelSource, load_model, parse_spec
+from .spec import ActivationSpec, InputSpec, ModelHints
+from .graph import TracerPolicy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActivationSpec",
+    "Cut",
+    "CutBackend",
+    "CutError",
+    "Cutter",
+    "InputSpec",
+    "LoadedModel",
+    "ModelHints",
+    "ModelSource",
+    "StitchError",
+    "TracerPolicy",
+    "UnknownNameError",
+    "hookimpl",
+    "list_cuts",
+    "load_model",
+    "parse_spec",
+    "split",
+]

@@ -1,0 +1,3 @@
+"""Imports every command module so that each registers itself on the ``stitch`` group."""
+
+from . import cuts_cmd, plugins_cmd  # noqa: F401
