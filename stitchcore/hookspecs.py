@@ -49,8 +49,9 @@ def model_hints(model):
 
 
 @hookspec(firstresult=True)
-def cut_backend(model):
+def cut_backend(model, example):
     """Return a CutBackend that lists cuts of and splits ``model``, or None for the FX default.
 
-    For models that torch.fx cannot trace by design (Hugging Face transformers 5.x).
+    ``example`` is a batched example input. For models that torch.fx cannot trace by design
+    (Hugging Face transformers 5.x).
     """

@@ -1,0 +1,1 @@
+"""stitchcore plugin: datasets (in progress)."""

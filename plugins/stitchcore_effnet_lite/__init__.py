@@ -1,0 +1,1 @@
+"""stitchcore plugin: effnet_lite (in progress)."""

@@ -1,0 +1,1 @@
+"""stitchcore plugin: families (in progress)."""

@@ -1,0 +1,1 @@
+"""stitchcore plugin: hf (in progress)."""

@@ -1,0 +1,1 @@
+"""stitchcore plugin: torchvision (in progress)."""

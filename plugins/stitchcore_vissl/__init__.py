@@ -1,0 +1,1 @@
+"""stitchcore plugin: vissl (in progress)."""

@@ -1,0 +1,1 @@
+"""stitchcore plugin: zoo (in progress)."""
