@@ -11,10 +11,12 @@ local safetensors or ``.pth`` state dict.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import timm
 import timm.layers._fx as timm_fx
+import torch
 from torch import nn
 
 import stitchcore
@@ -68,9 +70,18 @@ def _network_reachable() -> bool:
         return False
 
 
+def random_init(name: str, weights: str) -> nn.Module:
+    """``@random`` (seed 0) and ``@random-N`` give reproducible random initialisations, so a
+    spec names the same model every time it is loaded."""
+    seed = int(weights[7:]) if weights.startswith("random-") else 0
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return timm.create_model(name, pretrained=False)
+
+
 class TimmSource(ModelSource):
     name = "timm"
-    description = "timm models (@pretrained from the local cache or the hub, @random, @PATH)"
+    description = "timm models (@pretrained from the cache or hub, @random[-SEED], @PATH)"
 
     def known_names(self) -> list[str]:
         return timm.list_models()
@@ -81,16 +92,17 @@ class TimmSource(ModelSource):
         weights = weights or "pretrained"
         if weights == "pretrained":
             model = self._pretrained(name)
+        elif re.fullmatch(r"random(-\d+)?", weights):
+            model = random_init(name, weights)
         else:
+            path = Path(weights).expanduser()
+            if not path.exists():
+                raise StitchError(
+                    f"timm:{name}@{weights}: no such weights file (use @random, "
+                    "@pretrained or @PATH to a state dict)"
+                )
             model = timm.create_model(name, pretrained=False)
-            if weights != "random":
-                path = Path(weights).expanduser()
-                if not path.exists():
-                    raise StitchError(
-                        f"timm:{name}@{weights}: no such weights file (use @random, "
-                        "@pretrained or @PATH to a state dict)"
-                    )
-                load_state_dict_file(model, path)
+            load_state_dict_file(model, path)
         model.eval()
         hints = hints_for(model) or ModelHints()
         return LoadedModel(
@@ -102,7 +114,31 @@ class TimmSource(ModelSource):
             meta={"source": "timm", "architecture": name, "weights": weights},
         )
 
-    def _pretrained(self, name: str) -> nn.Module:
+    def load_variant(
+        self, name: str, weights: str | None, *, width: float = 1.0, input_size: int | None = None
+    ) -> LoadedModel:
+        """``load`` with the architecture changed for ``stitch train`` (see docs/zoo.md).
+
+        ``input_size`` becomes ``img_size`` for models built for one input size (ViTs; timm
+        resamples pretrained position embeddings); ``width`` scales channel counts of ResNet,
+        ConvNeXt and VisionTransformer models and is refused for other architectures.
+        """
+        if name not in timm.list_models():
+            raise UnknownNameError("timm model", name, timm.list_models())
+        probe = timm.create_model(name, pretrained=False)
+        kwargs = {}
+        if input_size and "img_size" in inspect.signature(type(probe).__init__).parameters:
+            kwargs["img_size"] = input_size
+        if width != 1:
+            if weights not in (None, "random"):
+                raise StitchError(
+                    f"timm:{name}: --width changes the architecture, so @{weights} weights "
+                    "cannot fit it; use @random"
+                )
+            kwargs.update(width_kwargs(name, probe, width))
+        return self.load(name, weights, **kwargs)
+
+    def _pretrained(self, name: str, **kwargs) -> nn.Module:
         cfg = timm.models.get_pretrained_cfg(name)
         if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
             raise StitchError(f"timm:{name} has no pretrained weights; use timm:{name}@random")
@@ -110,7 +146,7 @@ class TimmSource(ModelSource):
         if _offline():
             os.environ["HF_HUB_OFFLINE"] = "1"  # cache only: no slow retries
         try:
-            return timm.create_model(name, pretrained=True)
+            return timm.create_model(name, pretrained=True, **kwargs)
         except Exception as exc:
             if os.environ.get("HF_HUB_OFFLINE") == "1":
                 raise OfflineError(
@@ -124,6 +160,33 @@ class TimmSource(ModelSource):
                 os.environ.pop("HF_HUB_OFFLINE", None)
             else:
                 os.environ["HF_HUB_OFFLINE"] = prev
+
+
+def width_kwargs(name: str, model: nn.Module, width: float) -> dict:
+    """``create_model`` kwargs that scale every channel count of ``model`` by ``width``."""
+    from timm.models.convnext import ConvNeXt
+    from timm.models.resnet import ResNet
+    from timm.models.vision_transformer import VisionTransformer
+
+    def scale(c: int) -> int:
+        return max(1, round(c * width))
+
+    if isinstance(model, ResNet):
+        expansion = type(model.layer1[0]).expansion
+        stem = model.conv1[0] if isinstance(model.conv1, nn.Sequential) else model.conv1
+        return {
+            "channels": tuple(scale(f["num_chs"] // expansion) for f in model.feature_info[1:]),
+            "stem_width": scale(stem.out_channels),
+        }
+    if isinstance(model, ConvNeXt):
+        return {"dims": tuple(scale(f["num_chs"]) for f in model.feature_info)}
+    if isinstance(model, VisionTransformer):
+        heads = model.blocks[0].attn.num_heads
+        return {"embed_dim": max(1, round(model.embed_dim * width / heads)) * heads}
+    raise StitchError(
+        f"timm:{name} ({type(model).__name__}): --width is supported for ResNet, ConvNeXt and "
+        "VisionTransformer models only"
+    )
 
 
 @stitchcore.hookimpl
@@ -146,4 +209,4 @@ def model_hints(model):
     return None
 
 
-__all__ = ["TimmSource", "hints_for", "input_spec"]
+__all__ = ["TimmSource", "hints_for", "input_spec", "width_kwargs"]

@@ -1,0 +1,148 @@
+"""Training several stitches into the same receiver cut at once.
+
+All stitches of a group map into the same receiver cut, so their outputs have the same shape:
+one batched pass of the receiver's suffix over the concatenated outputs trains all of them (each
+stitch gets the gradient of its own loss only, since the losses are summed and the stitches share
+no parameter). Adam is per-parameter, so one optimiser over all stitches equals one per stitch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cuts import run_suffix
+from .stitch import StitchConfig, head_fits, logits_of
+
+
+@dataclass
+class Member:
+    """One stitch in a group: its module, family and where its sender activations are."""
+
+    key: tuple
+    module: nn.Module
+    trainable: bool
+    sender: object  # store with take(idx)
+    failed: str | None = None
+    history: list[float] = field(default_factory=list)
+
+
+def _take(store, idx):
+    return store.take(idx) if hasattr(store, "take") else store[idx].float()
+
+
+def train_group(
+    members: list[Member],
+    suffix: nn.Module,
+    labels: torch.Tensor,
+    cfg: StitchConfig,
+    target=None,
+    context: torch.Tensor | None = None,
+    on_step=None,
+) -> None:
+    """Train the group's trainable members in place; a member whose loss stops being finite is
+    marked failed and dropped, the others go on."""
+    active = [m for m in members if m.trainable and any(p.requires_grad for p in m.module.parameters())]
+    if not active or cfg.epochs == 0:
+        return
+    groups = [{"params": [p for p in m.module.parameters() if p.requires_grad]} for m in active]
+    opt = torch.optim.Adam(groups, lr=cfg.lr)
+    n = len(labels)
+    total = cfg.epochs * max(1, math.ceil(n / cfg.batch_size))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+    )
+    gen = torch.Generator().manual_seed(cfg.seed)
+    for m in active:
+        m.module.train()
+    step = 0
+    for _ in range(cfg.epochs):
+        sums = {id(m): [0.0, 0] for m in active}
+        order = torch.randperm(n, generator=gen)
+        for start in range(0, n, cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            live = [m for m in active if m.failed is None]
+            if len(idx) < 2 or not live:
+                continue
+            losses = _group_losses(live, suffix, idx, labels, cfg.objective, target, context)
+            total_loss = 0.0
+            for m, loss in zip(live, losses):
+                if not torch.isfinite(loss):
+                    m.failed = f"diverged: loss {loss.item()} at step {step}"
+                    continue
+                total_loss = total_loss + loss
+                sums[id(m)][0] += loss.item()
+                sums[id(m)][1] += 1
+            opt.zero_grad(set_to_none=True)
+            if isinstance(total_loss, torch.Tensor):
+                total_loss.backward()
+                for m in live:  # a failed member must not step on a NaN gradient
+                    if m.failed:
+                        for p in m.module.parameters():
+                            p.grad = None
+                opt.step()
+            sched.step()
+            step += 1
+            if on_step:
+                on_step(step, total)
+        for m in active:
+            s, k = sums[id(m)]
+            if m.failed is None:
+                m.history.append(s / max(1, k))
+    for m in active:
+        m.module.eval()
+
+
+def _group_losses(live, suffix, idx, labels, objective, target, context):
+    zs = [m.module(_take(m.sender, idx)) for m in live]
+    if objective == "match":
+        r = _take(target, idx)
+        return [F.mse_loss(z, r) for z in zs]
+    ctx = None if context is None else context[idx].repeat(len(zs), *[1] * (context.dim() - 1))
+    logits = logits_of(run_suffix(suffix, torch.cat(zs), ctx))
+    y = labels[idx]
+    return [F.cross_entropy(part, y) for part in logits.split(len(idx))]
+
+
+@torch.no_grad()
+def evaluate_group(
+    members: list[Member],
+    suffix: nn.Module,
+    labels: torch.Tensor,
+    num_classes: int,
+    context: torch.Tensor | None = None,
+    batch_size: int = 256,
+) -> dict[tuple, dict]:
+    """Accuracy and cross-entropy of every non-failed member on a split, batched through the
+    suffix like training."""
+    live = [m for m in members if m.failed is None]
+    stats = {m.key: [0, 0.0, True] for m in live}
+    n = len(labels)
+    chunk = max(1, batch_size // max(1, len(live)))
+    for m in live:
+        m.module.eval()
+    for start in range(0, n, chunk):
+        idx = torch.arange(start, min(n, start + chunk))
+        zs = [m.module(_take(m.sender, idx)) for m in live]
+        if not zs:
+            break
+        ctx = None if context is None else context[idx].repeat(len(zs), *[1] * (context.dim() - 1))
+        logits = logits_of(run_suffix(suffix, torch.cat(zs), ctx))
+        y = labels[idx]
+        for m, part in zip(live, logits.split(len(idx))):
+            st = stats[m.key]
+            st[2] = st[2] and head_fits(part, num_classes)
+            if st[2]:
+                st[0] += (part.argmax(1) == y).sum().item()
+                st[1] += F.cross_entropy(part, y, reduction="sum").item()
+    return {
+        key: {
+            "accuracy": c / n if ok else None,
+            "loss": s / n if ok else None,
+        }
+        for key, (c, s, ok) in stats.items()
+    }
