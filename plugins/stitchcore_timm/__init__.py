@@ -10,6 +10,7 @@ local safetensors or ``.pth`` state dict.
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 from pathlib import Path
@@ -70,13 +71,13 @@ def _network_reachable() -> bool:
         return False
 
 
-def random_init(name: str, weights: str) -> nn.Module:
+def random_init(name: str, weights: str, **kwargs) -> nn.Module:
     """``@random`` (seed 0) and ``@random-N`` give reproducible random initialisations, so a
     spec names the same model every time it is loaded."""
     seed = int(weights[7:]) if weights.startswith("random-") else 0
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return timm.create_model(name, pretrained=False)
+        return timm.create_model(name, pretrained=False, **kwargs)
 
 
 class TimmSource(ModelSource):
@@ -86,14 +87,15 @@ class TimmSource(ModelSource):
     def known_names(self) -> list[str]:
         return timm.list_models()
 
-    def load(self, name: str, weights: str | None) -> LoadedModel:
+    def load(self, name: str, weights: str | None, **kwargs) -> LoadedModel:
+        """``kwargs`` go to ``timm.create_model`` (``load_variant`` passes them)."""
         if name not in timm.list_models():
             raise UnknownNameError("timm model", name, timm.list_models())
         weights = weights or "pretrained"
         if weights == "pretrained":
-            model = self._pretrained(name)
+            model = self._pretrained(name, **kwargs)
         elif re.fullmatch(r"random(-\d+)?", weights):
-            model = random_init(name, weights)
+            model = random_init(name, weights, **kwargs)
         else:
             path = Path(weights).expanduser()
             if not path.exists():
@@ -101,7 +103,7 @@ class TimmSource(ModelSource):
                     f"timm:{name}@{weights}: no such weights file (use @random, "
                     "@pretrained or @PATH to a state dict)"
                 )
-            model = timm.create_model(name, pretrained=False)
+            model = timm.create_model(name, pretrained=False, **kwargs)
             load_state_dict_file(model, path)
         model.eval()
         hints = hints_for(model) or ModelHints()
@@ -130,7 +132,7 @@ class TimmSource(ModelSource):
         if input_size and "img_size" in inspect.signature(type(probe).__init__).parameters:
             kwargs["img_size"] = input_size
         if width != 1:
-            if weights not in (None, "random"):
+            if not re.fullmatch(r"random(-\d+)?", weights or "pretrained"):
                 raise StitchError(
                     f"timm:{name}: --width changes the architecture, so @{weights} weights "
                     "cannot fit it; use @random"
