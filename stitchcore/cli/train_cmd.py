@@ -1,0 +1,117 @@
+"""``stitch train`` (train a base model into the local zoo) and ``stitch zoo`` (list the zoo)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ..training import HEADS, OPTIMIZERS
+from ..zoo import ensure_trained, list_entries, zoo_dir
+from .main import cli
+
+
+def _log(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@cli.command("train")
+@click.argument("model")
+@click.option("--data", "data", required=True, help="Dataset NAME[:VARIANT], e.g. digits.")
+@click.option("--seed", default=0, show_default=True, help="Initialisation and batch order.")
+@click.option("--epochs", default=3, show_default=True, help="Training epochs (finetune head).")
+@click.option("--train-size", type=int, help="Train on a random subset of N images.")
+@click.option("--label-noise", default=0.0, show_default=True, help="Fraction of random labels.")
+@click.option("--coarse", is_flag=True, help="Train on the dataset's coarse (super-class) labels.")
+@click.option("--width", default=1.0, show_default=True, help="Channel-width multiplier.")
+@click.option("--input-size", type=int, help="Train at N×N pixels [default: 32 for small images].")
+@click.option("--in-chans", default=3, show_default=True, help="Input channels (grey repeated).")
+@click.option(
+    "--head",
+    type=click.Choice(HEADS),
+    help="finetune: train all; probe: linear probe "
+    "on frozen features [default: finetune for @random, probe otherwise].",
+)
+@click.option("--lr", type=float, help="Learning rate [default: Adam 1e-3, 3e-4 fine-tuning].")
+@click.option("--batch-size", type=int, help="Batch size [default: 32..128 by train size].")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adam", show_default=True)
+@click.option(
+    "--data-seed", default=0, show_default=True, help="Seed of --train-size/--label-noise."
+)
+@click.option("--zoo", "zoo", type=click.Path(file_okay=False), help="Zoo directory.")
+@click.option("--force", is_flag=True, help="Train again even if the zoo has this model.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the zoo record as JSON to stdout.")
+def train_command(
+    model: str, data: str, zoo: str | None, force: bool, no_progress: bool, as_json: bool, **options
+) -> None:
+    """Train MODEL (SOURCE:NAME[@WEIGHTS]) on a dataset and keep it in the local zoo.
+
+    Without @WEIGHTS the model starts from @random (with --head probe: from the source's
+    default weights). The same configuration trained twice is reused from the zoo; load the
+    result anywhere as zoo:NAME.
+
+    \b
+    Examples:
+      stitch train timm:resnet18 --data digits --epochs 3
+      stitch train timm:resnet18 --data fashion-mnist --train-size 10000 --epochs 2
+      stitch train timm:resnet18@random --data digits --width 0.5 --seed 1
+    """
+    loaded, record = ensure_trained(
+        model,
+        data,
+        zoo=zoo,
+        force=force,
+        progress=False if (no_progress or as_json) else None,
+        log=_log,
+        **options,
+    )
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+        return
+    per_epoch = record.get("seconds_per_epoch")
+    timing = f", {per_epoch:.1f} s/epoch" if per_epoch else f", {record['seconds']:.1f} s"
+    click.echo(f"{loaded.spec}  test accuracy {record['test_accuracy']:.4f}{timing}")
+
+
+@cli.command("zoo")
+@click.option("--zoo", "zoo", type=click.Path(file_okay=False), help="Zoo directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the records as JSON to stdout.")
+def zoo_command(zoo: str | None, as_json: bool) -> None:
+    """List the models in the local zoo (trained by `stitch train`), usable as zoo:NAME.
+
+    The zoo is --zoo DIR, else $STITCHCORE_ZOO, else ~/.cache/stitchcore/zoo.
+
+    \b
+    Examples:
+      stitch zoo
+      stitch zoo --json
+    """
+    records = list_entries(zoo)
+    if as_json:
+        click.echo(json.dumps(records, indent=2))
+        return
+    directory = zoo_dir(zoo)
+    if not records:
+        _log(f"the zoo {directory} is empty; `stitch train MODEL --data D` adds models")
+        return
+    table = Table(title=f"zoo {directory}")
+    longest = max(len(r["name"]) for r in records) + len("zoo:")
+    table.add_column("name", no_wrap=True, min_width=longest)  # names must stay copyable
+    for col in ("base", "data", "head", "epochs", "test acc", "s/epoch"):
+        table.add_column(col, overflow="fold")
+    for r in records:
+        per_epoch = r.get("seconds_per_epoch")
+        table.add_row(
+            f"zoo:{r['name']}",
+            r["base"],
+            r["data"]["spec"]
+            + (f" (n={r['data']['train_samples']})" if r["data"].get("train_size") else ""),
+            r["head"]["kind"],
+            str(r["epochs"]),
+            f"{r['test_accuracy']:.4f}",
+            f"{per_epoch:.1f}" if per_epoch else "-",
+        )
+    Console().print(table)

@@ -1,0 +1,516 @@
+"""The local model zoo: base models trained by ``stitch train``, cached by configuration.
+
+Each entry is ``NAME.safetensors`` (the whole classifier's state dict) plus ``NAME.json`` (the
+record: base model spec, data and options, seed, epochs, width, input spec, head, accuracy,
+timings, package versions). NAME is derived from the training configuration alone
+(``timm-resnet18-digits-s0-e3``), so asking for the same configuration twice reuses the model.
+Files are written to a temporary name and renamed, weights first: a record on disk always has
+its weights, and a killed run leaves no half entry.
+
+Where: ``--zoo DIR``, else ``$STITCHCORE_ZOO``, else ``$XDG_CACHE_HOME/stitchcore/zoo``
+(``~/.cache/stitchcore/zoo``). Loading an entry (``zoo:NAME``) rebuilds the architecture from
+the record's base spec with ``@random`` weights, so no pretrained weights are needed to use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .datasets import DataOptions, DataSplits, default_coarse, load_data
+from .errors import StitchError, UnknownNameError
+from .sources import LoadedModel, parse_spec
+from .spec import InputSpec
+from .training import (
+    HEADS,
+    TrainConfig,
+    _stderr_log,
+    adapt_input_channels,
+    attach_head,
+    build_base,
+    dataset_normalisation,
+    fit_linear_probe,
+    train_classifier,
+)
+
+ENV_ZOO = "STITCHCORE_ZOO"
+RECORD_FORMAT = 1
+
+
+def zoo_dir(explicit: str | Path | None = None) -> Path:
+    """The zoo directory: explicit, else $STITCHCORE_ZOO, else the user cache dir."""
+    if explicit:
+        return Path(explicit).expanduser()
+    if os.environ.get(ENV_ZOO):
+        return Path(os.environ[ENV_ZOO]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache).expanduser() / "stitchcore" / "zoo"
+
+
+# ----------------------------------------------------------------------------- configuration
+@dataclass(frozen=True)
+class TrainRequest:
+    """One training configuration; everything that changes the trained weights is here.
+
+    ``head`` None means: ``finetune`` for ``@random`` (or no ``@``) and ``probe`` for other
+    weights. A spec without ``@WEIGHTS`` trains from ``@random`` unless the head is ``probe``
+    (a probe needs trained features, so the source's default weights are used).
+    ``input_size`` None means the dataset default (see ``default_input_size``).
+    ``data_seed`` picks the training subset and label noise, apart from ``seed`` (init, order).
+    """
+
+    model: str
+    data: str
+    seed: int = 0
+    epochs: int = 3
+    train_size: int | None = None
+    label_noise: float = 0.0
+    coarse: bool = False
+    width: float = 1.0
+    input_size: int | None = None
+    in_chans: int = 3
+    head: str | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    optimizer: str = "adam"
+    data_seed: int = 0
+
+    def resolved(self) -> TrainRequest:
+        """The request with ``head`` and the model's weights made explicit."""
+        parsed = parse_spec(self.model)
+        head = self.head or ("finetune" if parsed.weights in (None, "random") else "probe")
+        if head not in HEADS:
+            raise StitchError(f"unknown head {head!r}; expected one of {', '.join(HEADS)}")
+        model = self.model
+        if parsed.weights is None and head == "finetune":
+            model = f"{model}@random"
+        for label, value, low in (("epochs", self.epochs, 1), ("in-chans", self.in_chans, 1)):
+            if value < low:
+                raise StitchError(f"--{label} must be at least {low}, got {value}")
+        if self.input_size is not None and self.input_size < 8:
+            raise StitchError(f"--input-size must be at least 8, got {self.input_size}")
+        if not 0 <= self.label_noise <= 1:
+            raise StitchError(f"--label-noise must be in [0, 1], got {self.label_noise:g}")
+        if self.width <= 0:
+            raise StitchError(f"--width must be positive, got {self.width:g}")
+        return dataclasses.replace(self, model=model, head=head)
+
+    def name(self) -> str:
+        """Deterministic zoo name, e.g. ``timm-resnet18-digits-s0-e3``."""
+        r = self.resolved()
+        parsed = parse_spec(r.model)
+        model = _slug(f"{parsed.source}-{parsed.name}")
+        if parsed.weights not in (None, "random"):
+            w = parsed.weights
+            model += "-" + (_slug(w) if re.fullmatch(r"[\w.-]{1,24}", w) else "w" + _digest(w))
+        parts = [
+            model,
+            _slug(r.data),
+            f"s{r.seed}",
+            "probe" if r.head == "probe" else f"e{r.epochs}",
+        ]
+        if r.head == "finetune" and parsed.weights not in (None, "random"):
+            parts.append("ft")
+        finetune = r.head == "finetune"
+        tags = [
+            (r.train_size, lambda: f"n{r.train_size}"),
+            (r.label_noise, lambda: f"noise{r.label_noise:g}"),
+            (r.coarse, lambda: "coarse"),
+            (r.width != 1, lambda: f"w{r.width:g}"),
+            (r.input_size, lambda: f"px{r.input_size}"),
+            (r.in_chans != 3, lambda: f"c{r.in_chans}"),
+            (r.data_seed, lambda: f"d{r.data_seed}"),
+            (finetune and r.lr, lambda: f"lr{r.lr:g}"),
+            (finetune and r.batch_size, lambda: f"b{r.batch_size}"),
+            (finetune and r.optimizer != "adam", lambda: r.optimizer),
+        ]
+        parts += [tag() for cond, tag in tags if cond]
+        name = "-".join(parts)
+        lossy = _slug(parsed.name) != parsed.name or _slug(r.data) != r.data.replace(":", "_")
+        if len(name) > 120 or lossy:
+            # long or lossy names (hub ids, paths) get a digest so distinct configs never collide
+            name = f"{name[:100]}-{_digest(json.dumps(dataclasses.asdict(r), sort_keys=True))}"
+        return name
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_.") or "_"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def default_input_size(height: int, width: int) -> int:
+    """Small images (up to 32 px) train at 32 px: big enough for ResNet's five downsamplings to
+    leave a 1×1 map, small enough that resnet18 trains in seconds per thousand images."""
+    return 32 if max(height, width) <= 32 else max(height, width)
+
+
+# ----------------------------------------------------------------------------- train / reuse
+def ensure_trained(
+    model: str,
+    data: str,
+    seed: int = 0,
+    epochs: int = 3,
+    *,
+    zoo: str | Path | None = None,
+    force: bool = False,
+    progress: bool | None = None,
+    log=_stderr_log,
+    **options,
+) -> tuple[LoadedModel, dict]:
+    """The trained model for this configuration, training and saving it only if the zoo lacks it.
+
+    ``options`` are the other TrainRequest fields (train_size, label_noise, coarse, width,
+    input_size, in_chans, head, lr, batch_size, optimizer, data_seed). Says on stderr (``log``)
+    whether it reuses or trains.
+    """
+    try:
+        request = TrainRequest(model=model, data=data, seed=seed, epochs=epochs, **options)
+    except TypeError as exc:
+        raise StitchError(f"ensure_trained: {exc}") from exc
+    request = request.resolved()
+    name = request.name()
+    directory = zoo_dir(zoo)
+    log = log or (lambda _msg: None)
+    if not force and (directory / f"{name}.json").is_file():
+        log(f"zoo: reusing zoo:{name} (trained before; --force retrains)")
+        loaded = load_entry(name, directory)
+        return loaded, loaded.meta
+    record, module = train_entry(request, log=log, progress=progress, zoo=directory)
+    save_entry(directory, name, module, record)
+    loaded = _loaded(module, record)
+    return loaded, record
+
+
+def train_entry(
+    request: TrainRequest,
+    *,
+    log=_stderr_log,
+    progress: bool | None = None,
+    zoo: Path | None = None,
+):
+    """Train one configuration; returns ``(record, module)`` without saving anything."""
+    log = log or (lambda _msg: None)
+    r = request.resolved()
+    options = DataOptions(
+        train_size=r.train_size,
+        label_noise=r.label_noise,
+        coarse=default_coarse(r.data) if r.coarse else None,
+        seed=r.data_seed,
+    )
+    data = load_data(r.data, options)
+    size = r.input_size or default_input_size(*data.image_shape[1:])
+    base = _build_seeded(r, size)
+    pretrained = parse_spec(r.model).weights not in (None, "random")
+    spec = _input_spec(base, data, r.in_chans, size, pretrained)
+    module, head = _shape_module(base, r, spec, data.num_classes)
+    where = f" in {zoo}" if zoo else ""
+    what = f"{len(data.train_y)} images, " + (
+        "linear probe" if r.head == "probe" else f"{r.epochs} epoch" + "s" * (r.epochs != 1)
+    )
+    log(f"zoo: no trained {r.model} on {r.data}{where}; training zoo:{r.name()} now ({what})")
+    config = TrainConfig(
+        epochs=r.epochs,
+        batch_size=r.batch_size,
+        lr=r.lr,
+        optimizer=r.optimizer,
+        seed=r.seed,
+        progress=progress,
+    )
+    if r.head == "probe":
+        result = fit_linear_probe(module, head, data, spec, log=log)
+        head.probe = result.probe
+    else:
+        result = train_classifier(module, data, spec, config, pretrained=pretrained, log=log)
+    module.eval()
+    record = {
+        "format": RECORD_FORMAT,
+        "name": r.name(),
+        "base": r.model,
+        "loaded_as": base.spec,
+        "request": r.to_json(),
+        "data": _data_json(r, data),
+        "seed": r.seed,
+        "epochs": r.epochs if r.head == "finetune" else 0,
+        "width": r.width,
+        "in_chans": r.in_chans,
+        "input": spec.to_json(),
+        "num_classes": data.num_classes,
+        "head": dataclasses.asdict(head),
+        "test_accuracy": round(result.test_accuracy, 5),
+        "training": result.to_json(),
+        "seconds": result.seconds,
+        "seconds_per_epoch": result.seconds_per_epoch,
+        "threads": torch.get_num_threads(),
+        "parameters": sum(p.numel() for p in module.parameters()),
+        "versions": _versions(base.module),
+        "base_meta": _plain(base.meta),
+        "hints": {
+            "cuts": base.hints.cuts,
+            "spatial_layout": base.hints.spatial_layout,
+            "prefix_tokens": base.hints.prefix_tokens,
+        },
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    return record, module
+
+
+def _build_seeded(r: TrainRequest, size: int) -> LoadedModel:
+    """The base model, randomly initialised from ``r.seed`` when its weights are ``@random``.
+
+    Sources that seed ``@random`` themselves take ``@random-SEED`` (timm does); others draw from
+    the global generator, seeded here.
+    """
+    parsed = parse_spec(r.model)
+    torch.manual_seed(r.seed)
+    if parsed.weights == "random":
+        try:
+            return build_base(
+                f"{parsed.source}:{parsed.name}@random-{r.seed}", width=r.width, input_size=size
+            )
+        except StitchError:
+            torch.manual_seed(r.seed)
+    return build_base(r.model, width=r.width, input_size=size)
+
+
+def _input_spec(
+    base: LoadedModel, data: DataSplits, in_chans: int, size: int, pretrained: bool
+) -> InputSpec:
+    """Pretrained weights keep their normalisation; from scratch, the data's own statistics."""
+    mean, std = base.input.mean, base.input.std
+    if pretrained and mean and std:
+        if len(mean) != in_chans:
+            mean = (sum(mean) / len(mean),) * in_chans
+            std = (sum(std) / len(std),) * in_chans
+    else:
+        mean, std = dataset_normalisation(data, in_chans)
+    return InputSpec((in_chans, size, size), mean=tuple(mean), std=tuple(std))
+
+
+def _shape_module(base: LoadedModel, r: TrainRequest, spec: InputSpec, num_classes: int):
+    """Input channels and head, applied the same way at training and at rebuild time."""
+    module = base.module
+    base_chans = base.input.shape[0] if base.input.kind == "image" else 3
+    size = spec.shape[1:]
+    if r.in_chans != base_chans:
+        adapt_input_channels(module, r.in_chans, torch.zeros(2, base_chans, *size))
+    example = torch.zeros(2, *spec.shape)
+    try:
+        with torch.no_grad():
+            module.eval()(example)
+    except Exception as exc:
+        raise StitchError(
+            f"{r.model} does not run on {'×'.join(map(str, spec.shape))} inputs ({exc}); "
+            "try another --input-size"
+        ) from exc
+    return attach_head(module, num_classes, r.head, example, base.num_classes)
+
+
+def _data_json(r: TrainRequest, data: DataSplits) -> dict:
+    return {
+        "spec": r.data,
+        "train_size": r.train_size,
+        "label_noise": r.label_noise,
+        "coarse": r.coarse,
+        "data_seed": r.data_seed,
+        "num_classes": data.num_classes,
+        "train_samples": len(data.train_y),
+        "test_samples": len(data.test_y),
+        "image_shape": list(data.image_shape),
+    }
+
+
+def _versions(module: torch.nn.Module) -> dict:
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "stitchcore": __version__,
+    }
+    package = type(module).__module__.split(".")[0]
+    try:
+        versions[package] = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    return versions
+
+
+def _plain(value):
+    """JSON-safe copy of source metadata (drops what JSON cannot hold)."""
+    return json.loads(json.dumps(value, default=lambda o: None))
+
+
+# ----------------------------------------------------------------------------- files
+def save_entry(directory: Path, name: str, module: torch.nn.Module, record: dict) -> Path:
+    """Write weights then record, each atomically. Returns the record path."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
+    weights = directory / f"{name}.safetensors"
+    with _atomic(weights) as tmp:
+        save_file(state, str(tmp))
+    record = {**record, "weights": weights.name}
+    path = directory / f"{name}.json"
+    with _atomic(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
+
+class _atomic:
+    """Context manager yielding a temporary path in the target's directory, renamed on success."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __enter__(self) -> Path:
+        fd, tmp = tempfile.mkstemp(
+            dir=self.target.parent, prefix=f".{self.target.name}.", suffix=".tmp"
+        )
+        os.close(fd)
+        self.tmp = Path(tmp)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            os.replace(self.tmp, self.target)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+def list_entries(zoo: str | Path | None = None) -> list[dict]:
+    """Records of every complete entry, sorted by name (unreadable records are skipped)."""
+    directory = zoo_dir(zoo)
+    if not directory.is_dir():
+        return []
+    records = []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(record, dict) and (directory / record.get("weights", "")).is_file():
+            records.append(record)
+    return records
+
+
+def read_record(name: str, zoo: str | Path | None = None) -> tuple[dict, Path]:
+    """The record of ``name`` (or of a record file path) and its directory."""
+    path = Path(name).expanduser()
+    if name.endswith(".json") and path.is_file():
+        directory = path.parent
+    else:
+        directory = zoo_dir(zoo)
+        path = directory / f"{name}.json"
+    if not path.is_file():
+        known = [r["name"] for r in list_entries(directory)]
+        raise UnknownNameError(
+            "zoo model", name, known, hint=f"zoo {directory}; `stitch zoo` lists it"
+        )
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise StitchError(f"zoo record {path} is not valid JSON ({exc})") from exc
+    if record.get("format") != RECORD_FORMAT:
+        raise StitchError(
+            f"zoo record {path} has format {record.get('format')!r}; expected {RECORD_FORMAT}"
+        )
+    return record, directory
+
+
+def load_entry(name: str, zoo: str | Path | None = None, *, trained: bool = True) -> LoadedModel:
+    """Rebuild a zoo model from its record and load its weights (strictly).
+
+    ``trained=False`` keeps the rebuilt architecture's random initialisation (``zoo:NAME@random``,
+    for listing cuts and random controls).
+    """
+    from .weights import load_state_dict_file
+
+    record, directory = read_record(name, zoo)
+    r = TrainRequest(**record["request"])
+    spec = InputSpec(
+        tuple(record["input"]["shape"]),
+        mean=tuple(record["input"]["mean"]) if record["input"].get("mean") else None,
+        std=tuple(record["input"]["std"]) if record["input"].get("std") else None,
+    )
+    base = _rebuild_base(r, spec.shape[1])
+    module, head = _shape_module(base, r, spec, record["num_classes"])
+    if dataclasses.asdict(head) | {"probe": {}} != record["head"] | {"probe": {}}:
+        raise StitchError(
+            f"zoo:{name}: rebuilt head {head} differs from the record's {record['head']}"
+        )
+    if not trained:
+        return _loaded(module, record, suffix="@random")
+    load_state_dict_file(module, directory / record["weights"])
+    return _loaded(module, record)
+
+
+def _rebuild_base(r: TrainRequest, size: int) -> LoadedModel:
+    """The base architecture without its (possibly unavailable) pretrained weights."""
+    parsed = parse_spec(r.model)
+    random_spec = f"{parsed.source}:{parsed.name}@random"
+    try:
+        return build_base(random_spec, width=r.width, input_size=size)
+    except StitchError:
+        return build_base(r.model, width=r.width, input_size=size)
+
+
+def _loaded(module: torch.nn.Module, record: dict, suffix: str = "") -> LoadedModel:
+    hints_json = record.get("hints", {})
+    cuts = hints_json.get("cuts")
+    if cuts and record["head"].get("added"):
+        cuts = ["trunk." + c for c in cuts]  # the base model sits under LinearHead.trunk
+    from .spec import ModelHints
+
+    inp = record["input"]
+    spec = InputSpec(
+        tuple(inp["shape"]),
+        mean=tuple(inp["mean"]) if inp.get("mean") else None,
+        std=tuple(inp["std"]) if inp.get("std") else None,
+    )
+    hints = ModelHints(
+        cuts=cuts,
+        input=spec,
+        spatial_layout=hints_json.get("spatial_layout", "nchw"),
+        prefix_tokens=hints_json.get("prefix_tokens", 0),
+    )
+    for p in module.parameters():  # as any source hands out a model (a probe froze its trunk)
+        p.requires_grad_(True)
+    return LoadedModel(
+        module=module,
+        spec=f"zoo:{record['name']}{suffix}",
+        input=spec,
+        hints=hints,
+        num_classes=record["num_classes"],
+        meta=record,
+    )
+
+
+__all__ = [
+    "ENV_ZOO",
+    "TrainRequest",
+    "default_input_size",
+    "ensure_trained",
+    "list_entries",
+    "load_entry",
+    "read_record",
+    "save_entry",
+    "train_entry",
+    "zoo_dir",
+]

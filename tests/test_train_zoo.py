@@ -1,0 +1,365 @@
+"""Base-model training, the local zoo, the ``zoo:`` source, probe heads, ``stitch train``/``zoo``.
+
+Real timm ResNet-18s on real digits, kept tiny (width 0.25, 16 px, a few hundred images) so each
+training takes seconds. One trained model is shared by the module; other tests train their own.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+import stitchcore
+import stitchcore.cli.commands  # noqa: F401  (registers `stitch cuts` and the others)
+import stitchcore.cli.train_cmd  # noqa: F401  (registers `stitch train` and `stitch zoo`)
+from stitchcore import InputSpec, LoadedModel, ModelHints, ModelSource, list_cuts, load_model
+from stitchcore.cli.main import cli
+from stitchcore.datasets import load_data
+from stitchcore.errors import StitchError, UnknownNameError
+from stitchcore.training import LinearHead, TrainConfig, evaluate, train_classifier
+from stitchcore.zoo import TrainRequest, ensure_trained, list_entries, save_entry, zoo_dir
+
+TINY = {"train_size": 300, "input_size": 16, "width": 0.25}
+NAME = "timm-resnet18-digits-s0-e2-n300-w0.25-px16"
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "zoo.md"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One thread: on a shared 2-core machine, 2 threads stall on OpenMP barriers (4-10× slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    """A fresh zoo for this module, also the default one (``$STITCHCORE_ZOO``) for ``zoo:``."""
+    directory = tmp_path_factory.mktemp("zoo")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STITCHCORE_ZOO", str(directory))
+        yield directory
+
+
+@pytest.fixture(scope="module")
+def trained(zoo):
+    logs: list[str] = []
+    loaded, record = ensure_trained(
+        "timm:resnet18", "digits", seed=0, epochs=2, log=logs.append, progress=False, **TINY
+    )
+    return loaded, record, logs
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data("digits")
+
+
+def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# ----------------------------------------------------------------------------- training
+def test_training_beats_chance_and_records_everything(trained, zoo):
+    loaded, record, logs = trained
+    assert record["name"] == NAME
+    assert loaded.spec == f"zoo:{NAME}"
+    assert record["test_accuracy"] > 0.25  # 10 classes: chance is 0.10
+    assert record["base"] == "timm:resnet18@random"
+    assert record["data"]["train_samples"] == 300 and record["data"]["spec"] == "digits"
+    assert (record["seed"], record["epochs"], record["width"]) == (0, 2, 0.25)
+    assert record["input"]["shape"] == [3, 16, 16] and len(record["input"]["mean"]) == 3
+    assert record["head"]["kind"] == "finetune" and record["head"]["replaced"] is True
+    assert {"torch", "timm", "stitchcore", "python"} <= set(record["versions"])
+    history = record["training"]["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(h["seconds"] > 0 and 0 <= h["train_accuracy"] <= 1 for h in history)
+    assert record["seconds_per_epoch"] > 0
+    assert (zoo / f"{NAME}.safetensors").is_file() and (zoo / f"{NAME}.json").is_file()
+    assert any("training zoo:" + NAME in line for line in logs)  # says so on stderr
+    assert not list(zoo.glob(".*.tmp"))
+
+
+def test_width_scales_the_architecture(trained):
+    loaded, _, _ = trained
+    widths = [getattr(loaded.module, f"layer{i}")[-1].conv2.out_channels for i in (1, 2, 3, 4)]
+    assert widths == [16, 32, 64, 128]  # 64…512 × 0.25 (timm keeps a plain stem at 64)
+
+
+def test_same_seed_gives_identical_weights(trained, tmp_path):
+    loaded, _, _ = trained
+    again, _ = ensure_trained(
+        "timm:resnet18", "digits", seed=0, epochs=2, zoo=tmp_path, log=None, progress=False, **TINY
+    )
+    assert same_weights(loaded.module, again.module)
+
+
+def test_another_seed_gives_another_network(trained, tmp_path):
+    request = dict(TINY, train_size=100)
+    a, _ = ensure_trained(
+        "timm:resnet18", "digits", seed=1, epochs=1, zoo=tmp_path, log=None, **request
+    )
+    b, _ = ensure_trained(
+        "timm:resnet18", "digits", seed=2, epochs=1, zoo=tmp_path, log=None, **request
+    )
+    assert not torch.equal(a.module.conv1.weight, b.module.conv1.weight)
+
+
+def test_second_call_reuses_the_cached_model(trained, monkeypatch):
+    loaded, record, _ = trained
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again instead of reusing the zoo entry")
+
+    monkeypatch.setattr("stitchcore.zoo.train_entry", no_training)
+    logs: list[str] = []
+    again, again_record = ensure_trained(
+        "timm:resnet18", "digits", seed=0, epochs=2, log=logs.append, **TINY
+    )
+    assert again_record["name"] == record["name"]
+    assert same_weights(loaded.module, again.module)
+    assert any("reusing zoo:" + NAME in line for line in logs)
+
+
+def test_zoo_source_loads_with_recorded_accuracy_and_cuts(trained, digits):
+    _, record, _ = trained
+    loaded = load_model(f"zoo:{NAME}")
+    assert isinstance(loaded, LoadedModel)
+    assert loaded.input.shape == (3, 16, 16) and loaded.num_classes == 10
+    assert loaded.meta["name"] == NAME
+    accuracy = evaluate(loaded.module, digits.test_x, digits.test_y, loaded.input)
+    assert accuracy == pytest.approx(record["test_accuracy"], abs=1e-5)
+    names = [c.name for c in list_cuts(loaded)]  # every listed cut recomposes exactly
+    assert {"layer1", "layer2", "layer3", "layer4"} <= set(names)
+
+
+def test_listing_the_zoo(trained, zoo):
+    names = [r["name"] for r in list_entries()]
+    assert NAME in names
+    result = CliRunner().invoke(cli, ["zoo", "--json"])
+    assert result.exit_code == 0, result.output
+    assert NAME in [r["name"] for r in json.loads(result.stdout)]
+    table = CliRunner().invoke(cli, ["zoo", "--zoo", str(zoo)])
+    assert table.exit_code == 0 and NAME in table.stdout
+
+
+def test_empty_zoo_lists_nothing(tmp_path):
+    result = CliRunner().invoke(cli, ["zoo", "--zoo", str(tmp_path / "none")])
+    assert result.exit_code == 0 and result.stdout == ""
+    assert "empty" in result.stderr
+    assert (
+        json.loads(CliRunner().invoke(cli, ["zoo", "--json", "--zoo", str(tmp_path)]).stdout) == []
+    )
+
+
+# ----------------------------------------------------------------------------- probe heads
+class ToyTrunk(nn.Module):
+    """A self-supervised-style trunk: feature maps out, no classifier, no reset_classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU())
+        self.layer1 = nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU())
+        self.layer2 = nn.Sequential(nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer2(self.layer1(self.stem(x)))
+
+
+class ToySource(ModelSource):
+    name = "toy"
+
+    def load(self, name: str, weights: str | None) -> LoadedModel:
+        if name != "trunk":
+            raise UnknownNameError("toy model", name, ["trunk"])
+        with torch.random.fork_rng():
+            torch.manual_seed(0 if weights == "random" else 7)
+            module = ToyTrunk()
+        return LoadedModel(
+            module=module,
+            spec=f"toy:trunk@{weights}",
+            input=InputSpec((3, 16, 16), mean=(0.5,) * 3, std=(0.5,) * 3),
+            hints=ModelHints(cuts=["stem", "layer1", "layer2"]),
+        )
+
+
+class ToyPlugin:
+    @stitchcore.hookimpl
+    def register_model_sources(self, register):
+        register(ToySource())
+
+
+def test_probe_on_a_trunk_without_classifier(zoo, register_plugin, digits):
+    register_plugin(ToyPlugin(), "toy-test")
+    original = load_model("toy:trunk@ssl").module
+    loaded, record = ensure_trained(
+        "toy:trunk@ssl", "digits", head="probe", train_size=500, log=None, progress=False
+    )
+    assert record["name"] == "toy-trunk-ssl-digits-s0-probe-n500"
+    assert record["head"]["kind"] == "probe" and record["head"]["added"] is True
+    assert record["head"]["probe"]["features"] == 64
+    assert isinstance(loaded.module, LinearHead)
+    assert same_weights(loaded.module.trunk, original)  # the trunk stayed frozen
+    assert record["test_accuracy"] > 0.5  # random conv features are linearly useful on digits
+    assert record["input"]["mean"] == [0.5] * 3  # the trunk's own normalisation is kept
+    reloaded = load_model(f"zoo:{record['name']}")  # rebuilt from toy:trunk@random
+    accuracy = evaluate(reloaded.module, digits.test_x, digits.test_y, reloaded.input)
+    assert accuracy == pytest.approx(record["test_accuracy"], abs=1e-5)
+    assert [c.name for c in list_cuts(reloaded)] == ["trunk.stem", "trunk.layer1", "trunk.layer2"]
+
+
+def test_probe_on_a_zoo_model_replaces_only_its_classifier(trained):
+    base, _, _ = trained
+    loaded, record = ensure_trained(
+        f"zoo:{NAME}", "digits", head="probe", input_size=16, log=None, progress=False
+    )
+    assert record["head"]["replaced"] is True and record["head"]["added"] is False
+    before = {k: v for k, v in base.module.state_dict().items() if not k.startswith("fc.")}
+    after = {k: v for k, v in loaded.module.state_dict().items() if not k.startswith("fc.")}
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert record["test_accuracy"] > 0.25
+    assert load_model(f"zoo:{record['name']}").num_classes == 10
+
+
+# ----------------------------------------------------------------------------- data options
+def test_grey_input_coarse_labels_and_label_noise(zoo):
+    loaded, record = ensure_trained(
+        "timm:resnet18",
+        "digits",
+        epochs=1,
+        in_chans=1,
+        coarse=True,
+        label_noise=0.2,
+        log=None,
+        **dict(TINY, train_size=100),
+    )
+    assert record["name"].endswith("-n100-noise0.2-coarse-w0.25-px16-c1")
+    assert record["num_classes"] == 2 and loaded.num_classes == 2
+    reloaded = load_model(f"zoo:{record['name']}")
+    assert reloaded.module.conv1.in_channels == 1 and reloaded.input.shape == (1, 16, 16)
+    assert reloaded.module(torch.zeros(2, 1, 16, 16)).shape == (2, 2)
+
+
+def test_train_classifier_on_a_plain_module(digits):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    spec = InputSpec((1, 8, 8))
+    config = TrainConfig(epochs=10, progress=False)
+    result = train_classifier(model, digits, spec, config, log=None)
+    assert result.test_accuracy > 0.85 and len(result.history) == 10
+    assert result.history[-1]["test_accuracy"] > result.history[0]["test_accuracy"]
+    assert result.batch_size == 32 and result.lr == 1e-3
+
+
+# ----------------------------------------------------------------------------- names, files
+def test_names_are_deterministic_and_distinct():
+    assert TrainRequest("timm:resnet18", "digits").name() == "timm-resnet18-digits-s0-e3"
+    assert TrainRequest("timm:resnet18@random", "digits").name() == "timm-resnet18-digits-s0-e3"
+    assert (
+        TrainRequest("timm:resnet18@pretrained", "digits").name()
+        == "timm-resnet18-pretrained-digits-s0-probe"
+    )
+    a = TrainRequest("timm:resnet18", "imagefolder:/data/a").name()
+    b = TrainRequest("timm:resnet18", "imagefolder:/data/b").name()
+    assert a != b and re.fullmatch(r"[\w.-]+", a)
+
+
+def test_zoo_dir_resolution(monkeypatch, tmp_path):
+    monkeypatch.delenv("STITCHCORE_ZOO", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert zoo_dir() == tmp_path / "cache" / "stitchcore" / "zoo"
+    monkeypatch.setenv("STITCHCORE_ZOO", str(tmp_path / "env"))
+    assert zoo_dir() == tmp_path / "env"
+    assert zoo_dir(tmp_path / "flag") == tmp_path / "flag"
+
+
+def test_a_failed_write_leaves_no_entry(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("safetensors.torch.save_file", broken)
+    with pytest.raises(OSError):
+        save_entry(tmp_path, "x", nn.Linear(2, 2), {"name": "x"})
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_cli_train_then_reuse(tmp_path):
+    args = ["train", "timm:resnet18", "--data", "digits", "--epochs", "1", "--zoo", str(tmp_path)]
+    args += ["--train-size", "100", "--input-size", "16", "--width", "0.25"]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    name = "timm-resnet18-digits-s0-e1-n100-w0.25-px16"
+    assert first.stdout.startswith(f"zoo:{name}  test accuracy ")
+    assert "training zoo:" in first.stderr and "epoch 1/1" in first.stderr
+    second = CliRunner().invoke(cli, [*args, "--json"])
+    assert second.exit_code == 0 and "reusing" in second.stderr
+    assert json.loads(second.stdout)["name"] == name
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["timm:resnet18", "--data", "nosuch"], "unknown dataset 'nosuch'"),
+        (["timm:resnet18x", "--data", "digits"], "unknown timm model"),
+        (["resnet18", "--data", "digits"], "has no source"),
+        (
+            ["timm:mobilenetv3_small_050", "--data", "digits", "--width", "0.5"],
+            "--width is supported",
+        ),
+        (["timm:resnet18@pretrained", "--data", "digits", "--width", "0.5"], "use @random"),
+        (["timm:resnet18", "--data", "digits", "--label-noise", "1.5"], "--label-noise"),
+        (["timm:resnet18", "--data", "digits", "--epochs", "0"], "--epochs must be"),
+        (["timm:resnet18", "--data", "digits", "--train-size", "99999"], "--train-size"),
+        (["timm:resnet18", "--data", "clustered-noise", "--coarse"], "coarse"),
+        (["zoo:nosuch", "--data", "digits", "--head", "probe"], "unknown zoo model 'nosuch'"),
+        (["timm:resnet18", "--data", "digits", "--head", "linear"], "Invalid value for '--head'"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
+    result = CliRunner().invoke(cli, ["train", *args, "--zoo", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+    assert len([line for line in result.stderr.splitlines() if line.startswith("Error")]) == 1
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_zoo_source_weights_suffix(trained):
+    loaded, _, _ = trained
+    with pytest.raises(StitchError, match="carry their own weights"):
+        load_model(f"zoo:{NAME}@pretrained")
+    untrained = load_model(f"zoo:{NAME}@random")  # same architecture, random weights
+    assert untrained.spec == f"zoo:{NAME}@random" and untrained.input.shape == (3, 16, 16)
+    assert untrained.module.state_dict().keys() == loaded.module.state_dict().keys()
+    assert not same_weights(untrained.module, loaded.module)
+    result = CliRunner().invoke(cli, ["cuts", f"zoo:{NAME}", "--json"])  # cuts asks for @random
+    assert result.exit_code == 0, result.output
+    assert [c["name"] for c in json.loads(result.stdout)["cuts"]][1:] == [
+        "layer1",
+        "layer2",
+        "layer3",
+        "layer4",
+    ]
+
+
+def test_documented_commands_parse():
+    """Every ``stitch train``/``stitch zoo`` command in docs/zoo.md names real options."""
+    commands = [
+        line.strip().split()[1:]
+        for line in DOCS.read_text().splitlines()
+        if line.strip().startswith(("stitch train ", "stitch zoo"))
+    ]
+    assert len(commands) >= 4
+    for name, *args in commands:
+        command = cli.get_command(None, name)
+        assert command is not None, name
+        command.make_context(name, args)  # raises on an unknown option or a bad value
