@@ -1,1 +1,50 @@
-"""stitchcore plugin: hf (in progress)."""
+"""First-party plugin: Hugging Face encoders (``hf:`` source) and their cut backend.
+
+transformers 5.x cannot be traced with torch.fx, so this plugin cuts HF models itself at block
+boundaries (``embeddings``, ``encoder.layer.N``, ``layers.N``) through the ``cut_backend`` hook,
+for models it loaded (``HFModule``) and for bare ``transformers.PreTrainedModel``s handed to
+``stitchcore.list_cuts``/``split``. See docs/huggingface.md.
+
+Importing this plugin does not import transformers (several seconds); that happens on first use.
+"""
+
+from __future__ import annotations
+
+import stitchcore
+from stitchcore import ModelHints
+from stitchcore.errors import StitchError
+
+from .backend import backend_for
+from .source import HFSource, tokenizer_for
+from .specs import input_spec
+from .wrapper import HFModule, is_pretrained_model, unwrap
+
+
+@stitchcore.hookimpl
+def register_model_sources(register):
+    register(HFSource())
+
+
+@stitchcore.hookimpl
+def model_hints(model):
+    """The input spec of an HF model (so list_cuts needs no example); cuts come from the backend."""
+    wrapper = unwrap(model)
+    if wrapper is None:
+        return None
+    if wrapper.hints is not None:
+        return wrapper.hints
+    try:
+        return ModelHints(input=input_spec(wrapper.model))
+    except StitchError:  # a modality without a default input: the caller passes an example
+        return None
+
+
+@stitchcore.hookimpl
+def cut_backend(model, example):
+    wrapper = unwrap(model)
+    if wrapper is None:
+        return None
+    return backend_for(wrapper, example)
+
+
+__all__ = ["HFModule", "HFSource", "is_pretrained_model", "tokenizer_for", "unwrap"]
