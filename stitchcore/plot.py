@@ -173,7 +173,7 @@ def _wrap(text: str, width: int) -> str:
 
 
 def _fmt(x: object) -> str:
-    return f"{x:.3f}" if isinstance(x, int | float) else "?"
+    return f"{x:.3f}" if isinstance(x, int | float) else "n/a"
 
 
 def _suptitle(results: dict, metric: str) -> str:
@@ -254,6 +254,10 @@ def _draw_panel(
                     )
                 )
                 ax.text(j, i, "×", ha="center", va="center", fontsize=font * 1.4, color="0.2")
+            elif state == "ok" and not np.isfinite(values[i, j]):
+                # Computed, but this metric was not recorded (e.g. no accuracy for a model
+                # whose head does not fit the data): not the same as "not computed yet".
+                ax.text(j, i, "–", ha="center", va="center", fontsize=font * 1.4, color="0.45")
             elif np.isfinite(values[i, j]):
                 v = values[i, j]
                 ax.text(
@@ -372,7 +376,7 @@ def plot_matrix(
     fig.suptitle(_suptitle(results, metric), fontsize=9)
     fig.supxlabel(
         "× on grey: refused (no stitch family fits the pair)   ·   × hatched: failed "
-        "(reason in matrix.csv)   ·   blank: not computed",
+        "(reason in matrix.csv)   ·   –: no value for this metric   ·   blank: not computed",
         fontsize=7,
         color="0.3",
     )

@@ -185,6 +185,13 @@ def test_penalty_uses_a_diverging_map_centred_at_zero(results, tmp_path):
     assert "penalty" in fig.get_suptitle()
 
 
+def test_ok_cell_without_the_metric_is_marked_not_blank(results, tmp_path):
+    results["cells"][0]["init_accuracy"] = None  # main (0, 0)
+    fig = plot_matrix(results, None, metric="init_accuracy")
+    texts = _cell_texts(_panel(fig, "main"))
+    assert texts[(0, 0)] == "–" and texts[(0, 1)] == "0.60" and (0, 3) not in texts
+
+
 def test_plot_without_cka_or_cells_still_draws(results, tmp_path):
     del results["cka"]
     results["cells"] = []
