@@ -2,19 +2,26 @@
 
 Cut names are module paths (``layer2``, ``blocks.5``) that resolve to the last graph node inside
 that module, or raw node names (``layer1.0.add``). Every cut handed out satisfies
-``suffix(prefix(x)) == model(x)`` on the example input; a cut that would not is never listed.
+``suffix(prefix(x)) == model(x)``: a cut that would not is never listed.
+
+Default cuts are block/stage boundaries starting with the stem. They come from the model's
+hints (a plugin's, e.g. timm's ``feature_info``), repaired where those names do not resolve or
+sit inside a residual block, from the module structure (``default_hints.default_cuts``), and, as
+a last resort, from the top-level modules that are valid cuts.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import fx, nn
+from torch.utils._pytree import tree_flatten, tree_map
 
-from . import plugins
+from . import default_hints, plugins
 from .errors import CutError, StitchError, UnknownNameError
-from .graph import CutPoint, TracedGraph, TracerPolicy, outputs_close
+from .graph import CutPoint, TracedGraph, TracerPolicy, _resize_batch, outputs_close
 from .sources import LoadedModel
 from .spec import ActivationSpec, InputSpec, ModelHints, infer_activation_spec
 
@@ -58,6 +65,20 @@ class CutBackend:
         """One module returning the activations at several cuts (a tuple) in one pass."""
         raise NotImplementedError
 
+    def verify(self, cuts: list[Cut], x: torch.Tensor, expected) -> dict[str, bool]:
+        """For each cut (by node name): does ``suffix(prefix(x))`` equal ``expected`` without
+        modifying the activation? This default splits each cut and runs both halves; a backend
+        that can do it in one pass over the model overrides it."""
+        results = {}
+        for cut in cuts:
+            try:
+                prefix, suffix = self.split(cut)
+            except StitchError:
+                results[cut.node] = False
+                continue
+            results[cut.node] = recomposes(prefix, suffix, x, expected)
+        return results
+
 
 class FxBackend(CutBackend):
     """Cuts through a torch.fx (or torch.export) graph; see graph.py."""
@@ -66,18 +87,22 @@ class FxBackend(CutBackend):
         policy = TracerPolicy.merge(plugins.call_all("tracer_policy", model=model))
         self.graph = TracedGraph(model, example, policy)
         self.hints = hints
+        self.model = model
         self.model_name = type(model).__name__
         self.module_paths = {name for name, _ in model.named_modules() if name}
         self._valid = {p.node: p for p in self.graph.valid_cuts()}
+        self._image_hw = tuple(example.shape[-2:]) if example.dim() == 4 else None
         self.skipped: list[str] = []
 
+    # ------------------------------------------------------------------ listing
     def _cut(self, name: str, point: CutPoint) -> Cut:
         meta = self.graph.meta[point.node]
+        shape = meta.shape[1:]
         spec = infer_activation_spec(
             meta.shape,
             meta.dtype,
-            spatial_layout=self.hints.spatial_layout,
-            prefix_tokens=self.hints.prefix_tokens,
+            spatial_layout=_spatial_layout(shape, self.hints.spatial_layout, self._image_hw),
+            prefix_tokens=_prefix_tokens(shape, self.hints.prefix_tokens, self._image_hw),
         )
         return Cut(name, point.name, spec, self.graph.pos[point.node])
 
@@ -85,22 +110,77 @@ class FxBackend(CutBackend):
         return [self._cut(p.name, p) for p in self._valid.values()]
 
     def default_cuts(self) -> list[Cut]:
-        names = self.hints.cuts or self._top_level()
-        cuts: dict[str, Cut] = {}
         self.skipped = []
+        cuts, failed = self._resolve_many(self.hints.cuts or [])
+        if failed or not cuts:
+            # hint names that do not resolve (timm twins: ``block.N`` for ``blocks.N``) or
+            # that sit inside a residual block (legacy_xception ``block2.rep.0``): add what
+            # the module structure says
+            structural, _ = self._resolve_many(default_hints.block_cuts(self.model))
+            cuts = _merge(cuts, structural)
+        if cuts:
+            cuts = _merge(self._stem(cuts), cuts)
+        else:  # no structure known: the top-level modules that are valid cuts, else all
+            top = [p for p, _ in self.model.named_children()]
+            cuts = self._resolve_many(top)[0] or self.all_cuts()
+        self.skipped = failed
+        # a cut at the model's output leaves an empty suffix: valid, but no block boundary
+        final = set(self.graph.output.all_input_nodes)
+        return [c for c in cuts if self.graph.by_name[c.node] not in final]
+
+    def _resolve_many(self, names: list[str]) -> tuple[list[Cut], list[str]]:
+        cuts: dict[str, Cut] = {}
+        failed = []
         for name in names:
             try:
                 cut = self.resolve(name)
             except StitchError as exc:
-                self.skipped.append(f"{name}: {exc}")
+                failed.append(f"{name}: {exc}")
                 continue
             cuts.setdefault(cut.node, cut)
-        return sorted(cuts.values(), key=lambda c: c.index)
+        return sorted(cuts.values(), key=lambda c: c.index), failed
 
-    def _top_level(self) -> list[str]:
-        return [p for p in self.module_paths if "." not in p]
+    def _stem(self, cuts: list[Cut]) -> list[Cut]:
+        """The stem cut when the defaults start at the first block (``blocks.0``, ``layers.0``,
+        ``layer1``): the last valid cut before the block container's first node."""
+        first = cuts[0].name
+        if first not in self.module_paths:
+            return []
+        element = re.fullmatch(r"(.+)\.\d+", first)
+        if element:
+            container = element.group(1)
+        elif default_hints.NUMBERED.fullmatch(first):
+            container = first
+        else:
+            return []
+        g = self.graph
+        inside = (
+            n for n in g.order if g.names[n] == container or g.names[n].startswith(container + ".")
+        )
+        start = next((g.pos[n] for n in inside), None)
+        before = [p for p in self._valid.values() if start is not None and g.pos[p.node] < start]
+        if not before:
+            return []
+        point = max(before, key=lambda p: g.pos[p.node])
+        return [self._cut(self._short_name(point.node), point)]
 
-    def _node_for(self, name: str):
+    def _short_name(self, node: fx.Node) -> str:
+        """The shortest module path that resolves to ``node`` (``patch_embed`` for
+        ``patch_embed.norm``), else the node's own name."""
+        name = self.graph.names[node]
+        parts = name.split(".")
+        for k in range(1, len(parts)):
+            path = ".".join(parts[:k])
+            if path in self.module_paths:
+                try:
+                    if self._node_for(path) is node:
+                        return path
+                except StitchError:
+                    continue
+        return name
+
+    # ------------------------------------------------------------------ resolving
+    def _node_for(self, name: str) -> fx.Node:
         g = self.graph
         if name in g.by_name:
             return g.by_name[name]
@@ -108,21 +188,94 @@ class FxBackend(CutBackend):
             inside = [n for n in g.order if g.names[n].startswith(name + ".")]
             if inside:
                 return inside[-1]
+            leaf = self._enclosing_node(name)
+            if leaf:
+                raise CutError(
+                    f"cannot cut at {name!r}: it runs inside {leaf!r}, which is traced as one "
+                    f"node (a leaf module); cut at {leaf!r} instead"
+                )
             raise CutError(f"module {name!r} has no node of its own in the traced graph")
         known = [c.name for c in self.all_cuts()] + sorted(self.module_paths)
-        raise UnknownNameError("cut", name, known, hint=f"`stitch cuts MODEL --all` lists them")
+        raise UnknownNameError("cut", name, known, hint="`stitch cuts MODEL --all` lists them")
+
+    def _enclosing_node(self, name: str) -> str | None:
+        parts = name.split(".")
+        for k in range(len(parts) - 1, 0, -1):
+            path = ".".join(parts[:k])
+            if path in self.graph.by_name:
+                return path
+        return None
 
     def resolve(self, name: str) -> Cut:
         node = self._node_for(name)
         point = self._valid.get(node) or self.graph.cut_point(node)  # raises CutError
         return self._cut(name, point)
 
+    # ------------------------------------------------------------------ modules
     def split(self, cut: Cut) -> tuple[nn.Module, nn.Module]:
-        point = self._valid[self.graph.by_name[cut.node]]
+        point = self._point(cut)
         return self.graph.prefix(point), self.graph.suffix(point)
 
     def extractor(self, cuts: list[Cut]) -> nn.Module:
-        return self.graph.extractor([self.graph.by_name[c.node] for c in cuts])
+        if not cuts:
+            raise StitchError("an extractor needs at least one cut")
+        return self.graph.extractor([self._point(c).node for c in cuts])
+
+    def verify(self, cuts: list[Cut], x: torch.Tensor, expected) -> dict[str, bool]:
+        by_node = self.graph.verify([self._point(c) for c in cuts], x, expected)
+        return {self.graph.names[n]: ok for n, ok in by_node.items()}
+
+    def _point(self, cut: Cut) -> CutPoint:
+        node = self.graph.by_name.get(cut.node)
+        if node is None:
+            raise UnknownNameError("cut node", cut.node, self.graph.by_name)
+        return self._valid.get(node) or self.graph.cut_point(node)
+
+    def no_cut_reason(self) -> str:
+        return self.graph.no_cut_reason()
+
+
+def _merge(first: list[Cut], second: list[Cut]) -> list[Cut]:
+    """Both lists, one cut per node (the first list's name wins), in forward order."""
+    cuts: dict[str, Cut] = {}
+    for cut in [*first, *second]:
+        cuts.setdefault(cut.node, cut)
+    return sorted(cuts.values(), key=lambda c: c.index)
+
+
+def _same_aspect(h: int, w: int, image_hw: tuple[int, ...]) -> bool:
+    """Could (h, w) be the image's (H, W) divided by some stride (rounding allowed)?"""
+    big_h, big_w = image_hw
+    return 0 < h <= big_h and 0 < w <= big_w and abs(h * big_w - w * big_h) <= max(big_h, big_w)
+
+
+def _spatial_layout(shape: tuple[int, ...], hint: str, image_hw) -> str:
+    """nchw or nhwc for a per-sample 3-D shape: the one whose spatial dims have the input
+    image's aspect ratio when only one does (convnext's channels-last MLPs, swin's NCHW patch
+    conv), else the model's hint."""
+    if len(shape) != 3 or not image_hw:
+        return hint
+    as_nchw = _same_aspect(shape[1], shape[2], image_hw)
+    as_nhwc = _same_aspect(shape[0], shape[1], image_hw)
+    if as_nchw != as_nhwc:
+        return "nchw" if as_nchw else "nhwc"
+    return hint
+
+
+def _is_grid(n: int, image_hw) -> bool:
+    """Can ``n`` tokens be an (h, w) patch grid of the input image?"""
+    return any(n % h == 0 and _same_aspect(h, n // h, image_hw) for h in range(1, n + 1))
+
+
+def _prefix_tokens(shape: tuple[int, ...], hint: int, image_hw) -> int:
+    """The model's prefix-token count, unless this token sequence has none yet (a ViT's patch
+    embedding before the class token is prepended)."""
+    if len(shape) != 2 or not hint:
+        return hint
+    n = shape[0]
+    if image_hw and _is_grid(n, image_hw) and not _is_grid(n - hint, image_hw):
+        return 0
+    return hint
 
 
 def _unwrap(model: nn.Module | LoadedModel) -> tuple[nn.Module, LoadedModel | None]:
@@ -143,6 +296,8 @@ def model_hints(model: nn.Module | LoadedModel) -> ModelHints:
 def example_for(model: nn.Module | LoadedModel, example_input=None, batch: int = 2):
     """A batched example input: the one given, else from the model's input spec."""
     if example_input is not None:
+        if batch_size(example_input) is None:
+            raise StitchError("example_input must be a batched tensor (batch dimension first)")
         return example_input
     spec: InputSpec | None = model_hints(model).input
     if spec is None:
@@ -153,8 +308,41 @@ def example_for(model: nn.Module | LoadedModel, example_input=None, batch: int =
     return spec.example(batch)
 
 
+def batch_size(example) -> int | None:
+    """The batch size of an example input (a tensor, or a mapping/tuple of tensors such as a
+    tokenizer's output), or None when it holds no batched tensor."""
+    leaves = [t for t in tree_flatten(example)[0] if isinstance(t, torch.Tensor) and t.dim()]
+    return leaves[0].shape[0] if leaves else None
+
+
+def resize_batch(example, batch: int):
+    """The example with ``batch`` samples (its own samples repeated or cut), every tensor
+    in it alike."""
+    return tree_map(
+        lambda t: _resize_batch(t, batch) if isinstance(t, torch.Tensor) and t.dim() else t,
+        example,
+    )
+
+
+def recomposes(prefix: nn.Module, suffix: nn.Module, x: torch.Tensor, expected) -> bool:
+    """``suffix(prefix(x))`` equals ``expected`` (same dtypes, allclose 1e-5) and the suffix
+    left the activation it was handed untouched."""
+    with torch.no_grad():
+        act = prefix(x)
+        before = act.clone()
+        try:
+            out = run_suffix(suffix, act, x)
+        except Exception:  # a suffix that cannot run is a cut that does not recompose
+            return False
+    return outputs_close(out, expected) and torch.equal(act, before)
+
+
 class Cutter:
-    """Cuts one model, tracing it once. ``list_cuts`` and ``split`` are one-shot shortcuts."""
+    """Cuts one model, tracing it once. ``list_cuts`` and ``split`` are one-shot shortcuts.
+
+    Every listed cut is verified on a batch of a different size than the example (one more
+    sample), so a cut whose suffix only works at the example's batch size is never listed.
+    """
 
     def __init__(self, model: nn.Module | LoadedModel, example_input=None) -> None:
         self.module, self.loaded = _unwrap(model)
@@ -165,14 +353,41 @@ class Cutter:
         self.backend: CutBackend = backend or FxBackend(self.module, self.example, self.hints)
         with torch.no_grad():
             self.expected = self.module(self.example)
+        self._verified: dict[str, bool] = {}
+        self._check_input: torch.Tensor | None = None
+        self._check_expected = None
 
     @property
     def label(self) -> str:
         return self.loaded.spec if self.loaded else type(self.module).__name__
 
     def cuts(self, all: bool = False) -> list[Cut]:
+        """Verified cuts: block/stage boundaries (default) or every valid node (``all``).
+
+        Raises CutError when the model has no valid cut at all.
+        """
         cuts = self.backend.all_cuts() if all else self.backend.default_cuts()
-        return [c for c in cuts if self._check(c)]
+        self._verify(cuts)
+        good = [c for c in cuts if self._verified.get(c.node)]
+        if not good and not all:  # no block boundary works: offer whatever does
+            return self.cuts(all=True)
+        if not good:
+            reason = getattr(self.backend, "no_cut_reason", lambda: "")()
+            raise CutError(
+                f"{self.label} has no valid cut: no point where a single tensor carries "
+                "everything the rest of the model needs" + (f" ({reason})" if reason else "")
+            )
+        return good
+
+    def _verify(self, cuts: list[Cut]) -> None:
+        todo = [c for c in cuts if c.node not in self._verified]
+        if not todo:
+            return
+        if self._check_input is None:
+            self._check_input = resize_batch(self.example, batch_size(self.example) + 1)
+            with torch.no_grad():
+                self._check_expected = self.module(self._check_input)
+        self._verified.update(self.backend.verify(todo, self._check_input, self._check_expected))
 
     def resolve(self, name: str) -> Cut:
         return self.backend.resolve(name)
@@ -180,23 +395,12 @@ class Cutter:
     def split(self, name: str | Cut) -> tuple[nn.Module, nn.Module]:
         cut = name if isinstance(name, Cut) else self.resolve(name)
         prefix, suffix = self.backend.split(cut)
-        if not self._recomposes(prefix, suffix):
+        if not recomposes(prefix, suffix, self.example, self.expected):
             raise CutError(f"cut {cut.name!r} of {self.label}: suffix(prefix(x)) != model(x)")
         return prefix, suffix
 
     def extractor(self, cuts: list[Cut]) -> nn.Module:
         return self.backend.extractor(cuts)
-
-    def _check(self, cut: Cut) -> bool:
-        prefix, suffix = self.backend.split(cut)
-        return self._recomposes(prefix, suffix)
-
-    def _recomposes(self, prefix: nn.Module, suffix: nn.Module) -> bool:
-        with torch.no_grad():
-            act = prefix(self.example)
-            before = act.clone()
-            out = run_suffix(suffix, act, self.example)
-        return outputs_close(out, self.expected) and torch.equal(act, before)
 
 
 def run_suffix(suffix: nn.Module, act: torch.Tensor, inputs=None):
@@ -206,9 +410,7 @@ def run_suffix(suffix: nn.Module, act: torch.Tensor, inputs=None):
     return suffix(act)
 
 
-def list_cuts(
-    model: nn.Module | LoadedModel, all: bool = False, example_input=None
-) -> list[Cut]:
+def list_cuts(model: nn.Module | LoadedModel, all: bool = False, example_input=None) -> list[Cut]:
     """Cuts of a model: block/stage boundaries by default, every valid node with ``all=True``."""
     return Cutter(model, example_input).cuts(all=all)
 

@@ -4,6 +4,10 @@ A block/stage container is a top-level child that is a Sequential/ModuleList nam
 ``blocks``, ``stages``, ``layers`` or ``features``, or a run of top-level children named
 ``layer1``, ``layer2`` … (torchvision ResNets). The default cuts are the stem (the last top-level
 child before the first block) followed by each block.
+
+A container of single layers (VGG's ``features``: conv, relu, conv, relu, pool …) has no
+blocks; its boundaries are taken after each downsampling layer (pooling, strided conv), which is
+where a VGG "stage" ends.
 """
 
 from __future__ import annotations
@@ -16,23 +20,40 @@ from .hookspecs import hookimpl
 from .spec import ModelHints
 
 _CONTAINER_NAMES = ("blocks", "stages", "layers", "layer", "encoder", "features", "trunk")
+NUMBERED = re.compile(r"(layer|stage|block|level|s)\d+")
+
+
+def block_cuts(model: nn.Module) -> list[str]:
+    """Module paths of the model's blocks/stages in definition order (no stem), or []."""
+    children = list(model.named_children())
+    numbered = [n for n, _ in children if NUMBERED.fullmatch(n)]
+    if len(numbered) >= 2:
+        return numbered
+    for name, child in children:
+        if name in _CONTAINER_NAMES and isinstance(child, (nn.Sequential, nn.ModuleList)):
+            subs = list(child.named_children())
+            if subs and all(not list(m.children()) for _, m in subs):
+                return [f"{name}.{sub}" for sub, m in subs if _downsamples(m)]
+            return [f"{name}.{sub}" for sub, _ in subs]
+    return []
+
+
+def _downsamples(layer: nn.Module) -> bool:
+    if isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d, nn.MaxPool1d, nn.AvgPool1d)):
+        return True
+    stride = getattr(layer, "stride", 1)
+    return (
+        isinstance(layer, nn.Conv2d) and max(stride if isinstance(stride, tuple) else (stride,)) > 1
+    )
 
 
 def default_cuts(model: nn.Module) -> list[str]:
-    children = list(model.named_children())
-    numbered = [n for n, _ in children if re.fullmatch(r"(layer|stage|block)\d+", n)]
-    if len(numbered) >= 2:
-        blocks = numbered
-    else:
-        blocks = []
-        for name, child in children:
-            if name in _CONTAINER_NAMES and isinstance(child, (nn.Sequential, nn.ModuleList)):
-                blocks = [f"{name}.{sub}" for sub, _ in child.named_children()]
-                break
+    """The stem (the last top-level child before the first block) followed by each block."""
+    blocks = block_cuts(model)
     if not blocks:
         return []
+    names = [n for n, _ in model.named_children()]
     first = blocks[0].split(".")[0]
-    names = [n for n, _ in children]
     before = names[: names.index(first)]
     stem = [before[-1]] if before else []
     return stem + blocks

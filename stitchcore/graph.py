@@ -12,7 +12,10 @@ activation's batch size; anything else crossing (a skip connection) makes the cu
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import inspect
+import io
 import operator
 import re
 from collections.abc import Callable, Iterable
@@ -22,7 +25,7 @@ from typing import Any
 
 import torch
 from torch import fx, nn
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from .errors import CutError, StitchError
 
@@ -116,9 +119,25 @@ def outputs_close(a: Any, b: Any, atol: float = 1e-5, rtol: float = 1e-5) -> boo
 # ----------------------------------------------------------------------------- tracing
 def _trace_fx(model: nn.Module, policy: TracerPolicy) -> tuple[fx.GraphModule, dict]:
     tracer = _PathTracer(policy)
-    graph = tracer.trace(model)
+    graph = tracer.trace(model, concrete_args=_constant_defaults(model) or None)
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     return gm, {n: tracer.names.get(n, n.name) for n in gm.graph.nodes}
+
+
+def _constant_defaults(model: nn.Module) -> dict[str, Any]:
+    """Optional inputs left at their defaults (``mask=None``, ``is_causal=False``) are traced
+    as constants, so ``if mask is not None`` / ``if is_causal`` take the branch the model takes
+    when called with its one input (left as placeholders they would be Proxies)."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return {}
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {
+        p.name: p.default
+        for p in params[1:]
+        if p.kind in kinds and (p.default is None or type(p.default) in (bool, int, float, str))
+    }
 
 
 def _module_path(node: fx.Node) -> str:
@@ -135,7 +154,7 @@ def _trace_export(model: nn.Module, example: torch.Tensor) -> tuple[fx.GraphModu
     from torch.export import Dim, export
 
     ep = export(model, (example,), strict=False, dynamic_shapes=({0: Dim("batch")},))
-    gm = ep.module()
+    gm = _plain_calling_convention(ep.module())
     seen: dict[str, int] = {}
     names = {}
     for n in gm.graph.nodes:
@@ -146,6 +165,32 @@ def _trace_export(model: nn.Module, example: torch.Tensor) -> tuple[fx.GraphModu
         else:
             names[n] = _dedupe(n.name, seen)
     return gm, names
+
+
+def _plain_calling_convention(gm: fx.GraphModule) -> fx.GraphModule:
+    """Make an exported module take its input and return its output like the model does.
+
+    ``ExportedProgram.module()`` flattens inputs and outputs with pytree code generation; a
+    prefix or suffix copied from its graph would return a flat tuple. Here the graph itself
+    rebuilds the model's output structure (a single tensor stays a tensor).
+    """
+    info = getattr(gm.graph._codegen, "pytree_info", None)
+    if info is None:
+        return gm
+    graph = gm.graph
+    output = next(n for n in graph.nodes if n.op == "output")
+    leaves = list(output.args[0])
+    graph.set_codegen(fx.graph.CodeGen())
+    if info.out_spec is None or info.out_spec.is_leaf():
+        result = leaves[0]
+    else:
+        gm.stitch_out_spec = info.out_spec
+        with graph.inserting_before(output):
+            spec = graph.get_attr("stitch_out_spec")
+            result = graph.call_function(tree_unflatten, (leaves, spec))
+    output.args = (result,)
+    gm.recompile()
+    return gm
 
 
 @dataclass
@@ -181,7 +226,8 @@ class TracedGraph:
                     gm, names = _trace_fx(traced, policy)
                 else:
                     gm, names = _trace_export(traced, example)
-                with torch.no_grad():
+                # a failing GraphModule prints its generated code to stderr before raising
+                with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
                     got = gm(example)
                 if not outputs_close(got, expected):
                     raise StitchError("traced graph's output differs from the model's")
@@ -202,7 +248,9 @@ class TracedGraph:
         graph = self.gm.graph
         output = next(n for n in graph.nodes if n.op == "output")
         needed: set[fx.Node] = set()
-        stack = [output]
+        # In-place ops whose result nobody reads (``x.add_(1)`` without reassignment) still
+        # change a value that later nodes read: keep them, or prefix and suffix would drop them.
+        stack = [output, *(n for n in graph.nodes if _is_inplace(n, self.gm))]
         while stack:
             n = stack.pop()
             if n in needed:
@@ -268,9 +316,7 @@ class TracedGraph:
 
     def valid_cuts(self) -> list[CutPoint]:
         """Every node that is a valid single-tensor cut, in forward order (one sweep)."""
-        last_use = {
-            n: max((self.pos.get(u, -1) for u in n.users), default=-1) for n in self.order
-        }
+        last_use = {n: max((self.pos.get(u, -1) for u in n.users), default=-1) for n in self.order}
         live: set[fx.Node] = set()
         cuts = []
         for i, n in enumerate(self.order):
@@ -319,22 +365,94 @@ class TracedGraph:
 
     def extractor(self, nodes: list[fx.Node]) -> fx.GraphModule:
         """A module computing the given nodes' values from the input: one node → a tensor,
-        several → a tuple (one pass yields all of a sender's cuts)."""
+        several → a tuple (one pass yields all of a sender's cuts).
+
+        A requested value that a later op of the same pass modifies in place (resnet's
+        ``layer1.0.add`` before its in-place ReLU) is cloned where it is produced, so each
+        output is exactly what the prefix for that cut alone would return.
+        """
+        keep = self._closure(nodes)
+        ordered = [n for n in self.order if n in keep]
         g = fx.Graph()
         env: dict[fx.Node, Any] = {}
         for p in self.inputs:
             env[p] = g.placeholder(p.name)
-
-        def get(n: fx.Node) -> Any:
-            if n not in env:
-                env[n] = self.constants[n] if n in self.constants else g.node_copy(n, get)
-            return env[n]
-
-        for n in sorted(nodes, key=self.pos.__getitem__):
-            get(n)
-        outs = [get(n) for n in nodes]
+        wanted = set(nodes)
+        snapshot: dict[fx.Node, Any] = {}
+        for k, n in enumerate(ordered):
+            if n in env:
+                continue
+            env[n] = self.constants[n] if n in self.constants else g.node_copy(n, env.__getitem__)
+            if n in wanted and _mutates_input(n, ordered[k + 1 :], self.gm):
+                snapshot[n] = g.call_method("clone", (env[n],))
+        outs = [snapshot.get(n, env[n]) for n in nodes]
         g.output(outs[0] if len(outs) == 1 else tuple(outs))
         return _module(self.gm, g, "Prefix")
+
+    def _closure(self, targets: list[fx.Node]) -> set[fx.Node]:
+        """The nodes needed to compute ``targets``: their ancestors, plus in-place ops before
+        the last target that modify one of those values (and what those ops need)."""
+        last = max(self.pos[t] for t in targets)
+        inplace = [n for n in self.order[: last + 1] if _is_inplace(n, self.gm)]
+        keep: set[fx.Node] = set()
+        stack = list(targets)
+        while True:
+            while stack:
+                n = stack.pop()
+                if n not in keep:
+                    keep.add(n)
+                    stack.extend(n.all_input_nodes)
+            stack = [n for n in inplace if n not in keep and n.args and n.args[0] in keep]
+            if not stack:
+                return keep
+
+    def verify(self, points: list[CutPoint], x: torch.Tensor, expected: Any) -> dict[fx.Node, bool]:
+        """Check ``suffix(prefix(x)) == expected`` for many cuts in one pass over the graph.
+
+        The graph runs once; when a cut's value appears, its suffix runs on a copy of it, the
+        output is compared with ``expected`` and the copy with the value (a suffix must never
+        modify the activation it is handed). Cost: one forward plus one suffix run per cut,
+        instead of a prefix and a suffix per cut.
+        """
+        wanted = {p.node: p for p in points}
+        results: dict[fx.Node, bool] = {}
+        graph = self
+
+        class Checker(fx.Interpreter):
+            def run_node(self, n: fx.Node) -> Any:
+                out = super().run_node(n)
+                point = wanted.get(n)
+                if point is not None:
+                    results[n] = graph._suffix_reproduces(point, out, expected)
+                return out
+
+        with torch.no_grad():
+            Checker(self.gm).run(x)
+        return results
+
+    def _suffix_reproduces(self, point: CutPoint, value: Any, expected: Any) -> bool:
+        if not isinstance(value, torch.Tensor):
+            return False
+        act = value.clone()
+        try:
+            out = self.suffix(point)(act)
+        except Exception:  # a suffix that cannot run at this batch size is not a valid cut
+            return False
+        return outputs_close(out, expected) and torch.equal(act, value)
+
+    def no_cut_reason(self) -> str:
+        """Why no node is a valid cut: the node with the fewest other values crossing it."""
+        best: tuple[int, str] | None = None
+        for n in self.order:
+            if n.op in ("placeholder", "output") or n not in self.input_dependent:
+                continue
+            if not isinstance(self.meta.get(n), TensorMeta):
+                continue
+            blocking, _ = self.crossing(n)
+            if blocking and (best is None or len(blocking) < best[0]):
+                names = ", ".join(self.names[b] for b in blocking[:4])
+                best = (len(blocking), f"at {self.names[n]!r} these values cross too: {names}")
+        return best[1] if best else "no node carries an input-dependent tensor"
 
     def suffix(self, cut: CutPoint) -> fx.GraphModule:
         g = fx.Graph()
