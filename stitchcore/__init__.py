@@ -4,6 +4,8 @@ Public API (stable names outside code can rely on):
   load_model(spec) -> LoadedModel
   list_cuts(model_or_loaded, all=False, example_input=None) -> list[Cut]
   split(model_or_loaded, cut_name, example_input=None) -> (prefix, suffix)
+  stitch(sender, sender_cut, receiver, receiver_cut, family="auto", train=..., ...)
+      -> StitchResult (.model: StitchedModel, .metrics)
   hookimpl: decorator for plugin hook implementations
 """
 
@@ -13,6 +15,8 @@ from .hookspecs import hookimpl
 from .sources import LoadedModel, ModelSource, load_model, parse_spec
 from .spec import ActivationSpec, InputSpec, ModelHints
 from .graph import TracerPolicy
+from .pair import StitchResult, stitch
+from .stitching import StitchConfig, StitchedModel
 
 __version__ = "0.1.0"
 
@@ -26,7 +30,10 @@ __all__ = [
     "LoadedModel",
     "ModelHints",
     "ModelSource",
+    "StitchConfig",
     "StitchError",
+    "StitchResult",
+    "StitchedModel",
     "TracerPolicy",
     "UnknownNameError",
     "hookimpl",
@@ -34,4 +41,5 @@ __all__ = [
     "load_model",
     "parse_spec",
     "split",
+    "stitch",
 ]

@@ -80,3 +80,10 @@ class ActivationStore:
             self.close()
         except Exception:
             pass
+
+
+def take(store: ActivationStore | torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows ``idx`` of a store or a plain tensor, as float32."""
+    if isinstance(store, ActivationStore):
+        return store.take(idx)
+    return store[idx].float()

@@ -19,7 +19,7 @@ from .cuts import Cutter
 from .errors import StitchError
 from .sources import load_model
 from .spec import ActivationSpec
-from .stitch import StitchedModel
+from .stitching import StitchedModel
 
 FORMAT = "stitchcore.stitch/1"
 

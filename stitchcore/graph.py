@@ -285,8 +285,9 @@ class TracedGraph:
         for batch in (2, 3):
             x = _resize_batch(self.example, batch)
             runs.append(_run_recording(self.gm, self.order, x))
-        (vals2, meta2), (vals3, _) = runs
+        (vals2, meta2), (vals3, meta3) = runs
         self.meta = meta2
+        self.meta_other = meta3
         for n in self.order:
             if n in vals2:
                 self.scalar[n] = (vals2[n], vals3[n])
@@ -314,6 +315,15 @@ class TracedGraph:
                     replay[n] = how
         return blocking, replay
 
+    def batch_first(self, node: fx.Node) -> bool:
+        """Is ``node`` a tensor whose first dimension is the batch (2 and 3 samples in the
+        two recorded runs, every other dimension the same)? Only such a tensor can be cached
+        and stitched sample by sample, and the suffix reads the batch size from it."""
+        a, b = self.meta.get(node), self.meta_other.get(node)
+        if not isinstance(a, TensorMeta) or not isinstance(b, TensorMeta) or not a.shape:
+            return False
+        return a.shape[0] == 2 and b.shape[0] == 3 and a.shape[1:] == b.shape[1:]
+
     def valid_cuts(self) -> list[CutPoint]:
         """Every node that is a valid single-tensor cut, in forward order (one sweep)."""
         last_use = {n: max((self.pos.get(u, -1) for u in n.users), default=-1) for n in self.order}
@@ -325,7 +335,7 @@ class TracedGraph:
             live = {m for m in live if last_use[m] > i}
             if n.op in ("placeholder", "output") or not isinstance(self.meta.get(n), TensorMeta):
                 continue
-            if n not in self.input_dependent or last_use[n] <= i:
+            if n not in self.input_dependent or last_use[n] <= i or not self.batch_first(n):
                 continue
             others = live - {n}
             replay = {m: self._replay_value(m) for m in others}
@@ -344,6 +354,13 @@ class TracedGraph:
             raise CutError(f"{name!r} does not depend on the input (a constant or parameter)")
         if not isinstance(meta, TensorMeta):
             raise CutError(f"{name!r} is not a tensor (it is {type(meta).__name__})")
+        if not self.batch_first(node):
+            other = self.meta_other.get(node)
+            raise CutError(
+                f"{name!r} does not keep the batch in its first dimension (shape "
+                f"{list(meta.shape)} for a batch of 2, {list(other.shape)} for 3), so its "
+                "activations cannot be handed over sample by sample"
+            )
         blocking, replay = self.crossing(node)
         if blocking:
             details = ", ".join(
@@ -435,7 +452,8 @@ class TracedGraph:
             return False
         act = value.clone()
         try:
-            out = self.suffix(point)(act)
+            with contextlib.redirect_stderr(io.StringIO()):  # FX prints failing code
+                out = self.suffix(point)(act)
         except Exception:  # a suffix that cannot run at this batch size is not a valid cut
             return False
         return outputs_close(out, expected) and torch.equal(act, value)

@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cache import take
 from .cuts import run_suffix
-from .stitch import StitchConfig, head_fits, logits_of
+from .stitching import StitchConfig, head_fits, logits_of
 
 
 @dataclass
@@ -29,10 +30,6 @@ class Member:
     sender: object  # store with take(idx)
     failed: str | None = None
     history: list[float] = field(default_factory=list)
-
-
-def _take(store, idx):
-    return store.take(idx) if hasattr(store, "take") else store[idx].float()
 
 
 def train_group(
@@ -98,9 +95,9 @@ def train_group(
 
 
 def _group_losses(live, suffix, idx, labels, objective, target, context):
-    zs = [m.module(_take(m.sender, idx)) for m in live]
+    zs = [m.module(take(m.sender, idx)) for m in live]
     if objective == "match":
-        r = _take(target, idx)
+        r = take(target, idx)
         return [F.mse_loss(z, r) for z in zs]
     ctx = None if context is None else context[idx].repeat(len(zs), *[1] * (context.dim() - 1))
     logits = logits_of(run_suffix(suffix, torch.cat(zs), ctx))
@@ -127,7 +124,7 @@ def evaluate_group(
         m.module.eval()
     for start in range(0, n, chunk):
         idx = torch.arange(start, min(n, start + chunk))
-        zs = [m.module(_take(m.sender, idx)) for m in live]
+        zs = [m.module(take(m.sender, idx)) for m in live]
         if not zs:
             break
         ctx = None if context is None else context[idx].repeat(len(zs), *[1] * (context.dim() - 1))

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from . import plugins
 from .cache import DEFAULT_BUDGET, ActivationStore
 from .checkpoint import write_json_atomic
 from .controls import randomized
@@ -32,7 +33,7 @@ from .families import resolve_family
 from .group import Member, evaluate_group, train_group
 from .pair import Side
 from .sources import LoadedModel
-from .stitch import StitchConfig, head_fits, logits_of
+from .stitching import StitchConfig, head_fits, logits_of
 
 SCHEMA = "stitchcore.matrix/1"
 CONTROLS = ("random-sender", "random-receiver", "random-both")
@@ -163,6 +164,8 @@ class Matrix:
         self.shard = shard
         self.cache_budget = cache_budget
         self.log, self.on_cell, self.on_step = log, on_cell, on_step
+        if cfg.stitch.family != "auto":
+            plugins.get_family(cfg.stitch.family)  # unknown names fail before any work
         self.sides = {"sender": Side.of(models.sender), "receiver": Side.of(models.receiver)}
         self.sender_cuts = self._cuts(self.sides["sender"].cutter, cfg.sender_cuts)
         self.receiver_cuts = self._cuts(self.sides["receiver"].cutter, cfg.receiver_cuts)

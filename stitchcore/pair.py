@@ -20,7 +20,7 @@ from .errors import StitchError
 from .families import StitchFamily, resolve_family
 from .sources import LoadedModel
 from .spec import InputSpec
-from .stitch import (
+from .stitching import (
     ActSplit,
     FrozenGuard,
     StitchConfig,

@@ -100,7 +100,13 @@ def infer_activation_spec(
     if len(shape) == 3:
         return ActivationSpec(shape, spatial_layout, dtype)
     if len(shape) == 2:
-        prefix = prefix_tokens if prefix_tokens < shape[0] else 0
+        n = shape[0]
+        # a square token count is a bare patch grid (e.g. right after patch embedding, before
+        # the class token is prepended): no prefix tokens there, whatever the model has later
+        square = math.isqrt(n) ** 2 == n
+        prefix = prefix_tokens if prefix_tokens < n and not (square and prefix_tokens) else 0
+        if prefix and math.isqrt(n - prefix) ** 2 != n - prefix:
+            prefix = prefix_tokens  # non-square grids (other aspect ratios) keep the hint
         return ActivationSpec(shape, "tokens", dtype, prefix)
     if len(shape) == 1:
         return ActivationSpec(shape, "vector", dtype)

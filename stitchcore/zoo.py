@@ -90,7 +90,8 @@ class TrainRequest:
     def resolved(self) -> TrainRequest:
         """The request with ``head`` and the model's weights made explicit."""
         parsed = parse_spec(self.model)
-        head = self.head or ("finetune" if parsed.weights in (None, "random") else "probe")
+        untrained = parsed.weights is None or _is_random(parsed.weights)
+        head = self.head or ("finetune" if untrained else "probe")
         if head not in HEADS:
             raise StitchError(f"unknown head {head!r}; expected one of {', '.join(HEADS)}")
         model = self.model
@@ -121,7 +122,7 @@ class TrainRequest:
             f"s{r.seed}",
             "probe" if r.head == "probe" else f"e{r.epochs}",
         ]
-        if r.head == "finetune" and parsed.weights not in (None, "random"):
+        if r.head == "finetune" and not _is_random(parsed.weights or "default"):
             parts.append("ft")
         finetune = r.head == "finetune"
         tags = [
@@ -146,6 +147,11 @@ class TrainRequest:
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _is_random(weights: str) -> bool:
+    """``@random`` or ``@random-SEED``: an untrained initialisation."""
+    return re.fullmatch(r"random(-\d+)?", weights) is not None
 
 
 def _slug(text: str) -> str:
@@ -194,9 +200,8 @@ def ensure_trained(
         loaded = load_entry(name, directory)
         return loaded, loaded.meta
     record, module = train_entry(request, log=log, progress=progress, zoo=directory)
-    save_entry(directory, name, module, record)
-    loaded = _loaded(module, record)
-    return loaded, record
+    record = save_entry(directory, name, module, record)
+    return _loaded(module, record), record
 
 
 def train_entry(
@@ -218,7 +223,8 @@ def train_entry(
     data = load_data(r.data, options)
     size = r.input_size or default_input_size(*data.image_shape[1:])
     base = _build_seeded(r, size)
-    pretrained = parse_spec(r.model).weights not in (None, "random")
+    # after resolved(), no @WEIGHTS means the source's default (trained) weights, for a probe
+    pretrained = not _is_random(parse_spec(r.model).weights or "default")
     spec = _input_spec(base, data, r.in_chans, size, pretrained)
     module, head = _shape_module(base, r, spec, data.num_classes)
     where = f" in {zoo}" if zoo else ""
@@ -357,8 +363,8 @@ def _plain(value):
 
 
 # ----------------------------------------------------------------------------- files
-def save_entry(directory: Path, name: str, module: torch.nn.Module, record: dict) -> Path:
-    """Write weights then record, each atomically. Returns the record path."""
+def save_entry(directory: Path, name: str, module: torch.nn.Module, record: dict) -> dict:
+    """Write weights then record, each atomically. Returns the record as written."""
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -370,7 +376,7 @@ def save_entry(directory: Path, name: str, module: torch.nn.Module, record: dict
     path = directory / f"{name}.json"
     with _atomic(path) as tmp:
         tmp.write_text(json.dumps(record, indent=2) + "\n")
-    return path
+    return record
 
 
 class _atomic:

@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -6,7 +7,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# 2 threads on an idle 2-core CI machine; set STITCHCORE_TEST_THREADS=1 when the machine is
+# shared (OpenMP barriers stall badly under contention).
+torch.set_num_threads(int(os.environ.get("STITCHCORE_TEST_THREADS", min(2, torch.get_num_threads()))))
 
 
 @pytest.fixture
@@ -25,3 +28,29 @@ def register_plugin():
     yield _register
     for name in names:
         pm.unregister(name=name)
+
+
+@pytest.fixture(scope="session")
+def zoo_dir(tmp_path_factory):
+    """A private zoo for the whole test session (never the user's cache). Developers can set
+    STITCHCORE_TEST_ZOO to a directory to keep the small trained models between runs."""
+    keep = os.environ.get("STITCHCORE_TEST_ZOO")
+    path = Path(keep) if keep else tmp_path_factory.mktemp("zoo")
+    old = os.environ.get("STITCHCORE_ZOO")
+    os.environ["STITCHCORE_ZOO"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("STITCHCORE_ZOO", None)
+    else:
+        os.environ["STITCHCORE_ZOO"] = old
+
+
+@pytest.fixture(scope="session")
+def digits_pair(zoo_dir):
+    """Two small ResNets trained on digits with different seeds (real training, ~1 min)."""
+    from stitchcore.zoo import ensure_trained
+
+    quiet = lambda _msg: None  # noqa: E731
+    a, _ = ensure_trained("timm:resnet10t@random", "digits", seed=0, epochs=3, log=quiet, progress=False)
+    b, _ = ensure_trained("timm:resnet10t@random", "digits", seed=1, epochs=3, log=quiet, progress=False)
+    return a, b

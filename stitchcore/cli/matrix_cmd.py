@@ -16,7 +16,7 @@ from ..cache import DEFAULT_BUDGET
 from ..datasets import DataOptions, load_data
 from ..errors import StitchError
 from ..matrix import CONTROLS, Matrix, MatrixConfig, ResultsDir, assemble, distributed
-from ..stitch import INITS, OBJECTIVES, StitchConfig
+from ..stitching import INITS, OBJECTIVES, StitchConfig
 from .main import cli, err_console
 from .progress import progress_bar
 

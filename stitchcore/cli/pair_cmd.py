@@ -13,7 +13,7 @@ from ..datasets import DataOptions, load_data
 from ..pair import Side
 from ..pair import stitch_sides
 from ..sources import load_model
-from ..stitch import INITS, OBJECTIVES, StitchConfig
+from ..stitching import INITS, OBJECTIVES, StitchConfig
 from .main import cli, err_console
 from .progress import progress_bar
 

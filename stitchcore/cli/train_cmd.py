@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import click
+import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -43,9 +44,21 @@ def _log(message: str) -> None:
 @click.option("--zoo", "zoo", type=click.Path(file_okay=False), help="Zoo directory.")
 @click.option("--force", is_flag=True, help="Train again even if the zoo has this model.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="CPU threads for torch [default: one per core]; 1 is faster on a shared machine.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the zoo record as JSON to stdout.")
 def train_command(
-    model: str, data: str, zoo: str | None, force: bool, no_progress: bool, as_json: bool, **options
+    model: str,
+    data: str,
+    zoo: str | None,
+    force: bool,
+    no_progress: bool,
+    threads: int | None,
+    as_json: bool,
+    **options,
 ) -> None:
     """Train MODEL (SOURCE:NAME[@WEIGHTS]) on a dataset and keep it in the local zoo.
 
@@ -59,6 +72,8 @@ def train_command(
       stitch train timm:resnet18 --data fashion-mnist --train-size 10000 --epochs 2
       stitch train timm:resnet18@random --data digits --width 0.5 --seed 1
     """
+    if threads:
+        torch.set_num_threads(threads)
     loaded, record = ensure_trained(
         model,
         data,
@@ -98,20 +113,20 @@ def zoo_command(zoo: str | None, as_json: bool) -> None:
         _log(f"the zoo {directory} is empty; `stitch train MODEL --data D` adds models")
         return
     table = Table(title=f"zoo {directory}")
-    longest = max(len(r["name"]) for r in records) + len("zoo:")
-    table.add_column("name", no_wrap=True, min_width=longest)  # names must stay copyable
-    for col in ("base", "data", "head", "epochs", "test acc", "s/epoch"):
-        table.add_column(col, overflow="fold")
+    # the name says model, data, seed and options; the table adds what the name cannot
+    table.add_column("name", no_wrap=True)
+    for col in ("head", "train n", "test acc", "s/epoch"):
+        table.add_column(col, no_wrap=True, justify="right" if col != "head" else "left")
     for r in records:
         per_epoch = r.get("seconds_per_epoch")
         table.add_row(
             f"zoo:{r['name']}",
-            r["base"],
-            r["data"]["spec"]
-            + (f" (n={r['data']['train_samples']})" if r["data"].get("train_size") else ""),
             r["head"]["kind"],
-            str(r["epochs"]),
+            str(r["data"]["train_samples"]),
             f"{r['test_accuracy']:.4f}",
             f"{per_epoch:.1f}" if per_epoch else "-",
         )
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # piped: never wrap or cut the names
+        console.width = max(console.width, 200)
+    console.print(table)

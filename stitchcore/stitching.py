@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cache import take
 from .cuts import run_suffix
 from .errors import StitchError
 from .families import StitchFamily
@@ -145,7 +146,7 @@ class ActSplit:
         return len(self.labels)
 
     def take(self, store, idx: torch.Tensor) -> torch.Tensor:
-        return store.take(idx) if hasattr(store, "take") else store[idx].float()
+        return take(store, idx)
 
 
 def logits_of(output) -> torch.Tensor:

@@ -1,0 +1,241 @@
+"""`stitch matrix` end to end on small trained models and digits: outputs, controls, CKA,
+resumption after SIGKILL, torchrun, and bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+import stitchcore
+from stitchcore.cli.main import cli
+from stitchcore.families import StitchFamily
+
+STITCH = [sys.executable, "-m", "stitchcore.cli"]
+
+
+@pytest.fixture(scope="module")
+def specs(digits_pair):
+    a, b = digits_pair
+    return a.spec, b.spec
+
+
+def base_args(specs, out, *extra):
+    return [
+        "matrix", "--sender", specs[0], "--receiver", specs[1],
+        "--sender-cuts", "layer1,layer2", "--receiver-cuts", "layer1,layer2,layer3",
+        "--train-size", "400", "--epochs", "1", "--out", str(out), *extra,
+    ]  # fmt: skip
+
+
+def strip_times(results: dict) -> list[dict]:
+    keep = lambda c: {k: v for k, v in c.items() if not k.endswith("time_s")}  # noqa: E731
+    return [keep(c) for c in results["cells"]]
+
+
+@pytest.fixture(scope="module")
+def tiny_matrix(specs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("m") / "run"
+    res = CliRunner().invoke(cli, base_args(specs, out, "--controls", "random-sender"))
+    assert res.exit_code == 0, res.output
+    return out, json.loads((out / "matrix.json").read_text()), res
+
+
+def test_matrix_writes_json_csv_png(tiny_matrix):
+    out, results, _ = tiny_matrix
+    assert results["schema"] == "stitchcore.matrix/1"
+    for key in ("config", "models", "cuts", "data", "variants", "baselines", "cells", "cka",
+                "versions", "timings"):  # fmt: skip
+        assert key in results
+    assert [c["name"] for c in results["cuts"]["sender"]] == ["layer1", "layer2"]
+    assert len(results["cuts"]["receiver"]) == 3
+    assert results["variants"] == ["main", "random-sender"]
+    assert len(results["cells"]) == 2 * 3 * 2
+    assert results["data"]["train_size"] == 400
+    assert results["versions"]["torch"] == torch.__version__
+    rows = (out / "matrix.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 12
+    png = (out / "heatmap.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_cells_are_stitched_and_controls_are_worse(tiny_matrix):
+    _, results, _ = tiny_matrix
+    main = {(c["i"], c["j"]): c for c in results["cells"] if c["variant"] == "main"}
+    ctrl = {(c["i"], c["j"]): c for c in results["cells"] if c["variant"] == "random-sender"}
+    assert all(c["status"] == "ok" for c in main.values())
+    assert main[(1, 1)]["family"] == "conv1x1"  # same cut, same shape
+    assert main[(0, 1)]["family"] == "strided_conv"  # layer1 is twice layer2's size
+    assert main[(1, 0)]["family"] == "upsample_conv"
+    assert main[(1, 1)]["stitched_accuracy"] > 0.7
+    assert main[(1, 1)]["penalty"] == pytest.approx(
+        main[(1, 1)]["receiver_accuracy"] - main[(1, 1)]["stitched_accuracy"]
+    )
+    mean = lambda cells: sum(c["stitched_accuracy"] for c in cells.values()) / len(cells)  # noqa: E731
+    assert mean(ctrl) < mean(main) - 0.1
+    base = results["baselines"]
+    assert base["main"]["sender_accuracy"] > 0.8 and base["random-sender"]["sender_accuracy"] < 0.4
+
+
+def test_cka_is_computed_per_cell(tiny_matrix):
+    _, results, _ = tiny_matrix
+    grid = results["cka"]["main"]
+    assert len(grid) == 2 and len(grid[0]) == 3
+    values = [v for row in grid for v in row]
+    assert all(v is not None and -0.1 < v <= 1.0001 for v in values)
+
+
+def test_rerun_skips_finished_cells(specs, tiny_matrix):
+    out, results, _ = tiny_matrix
+    res = CliRunner().invoke(cli, base_args(specs, out, "--controls", "random-sender"))
+    assert res.exit_code == 0
+    again = json.loads((out / "matrix.json").read_text())
+    assert again["timings"]["cells_computed"] == 0
+    assert strip_times(again) == strip_times(results)
+
+
+def test_different_configuration_is_refused_unless_forced(specs, tiny_matrix):
+    out, _, _ = tiny_matrix
+    res = CliRunner().invoke(cli, base_args(specs, out, "--epochs", "2"))
+    assert res.exit_code == 2 and "different configuration" in res.output
+
+
+def test_unwritable_output_fails_before_training(specs, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = CliRunner().invoke(cli, base_args(specs, blocker / "out"))
+    assert res.exit_code == 2 and "cannot write to output directory" in res.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--sender", "timm:resnet10t@random", "--sender-cuts", "layer9"], "unknown cut 'layer9'"),
+        (["--family", "conv1x2"], "unknown stitch family"),
+        (["--controls", "random-senders"], "unknown control"),
+        (["--sender", "timm:resnet1000"], "unknown timm model"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(specs, tmp_path, args, message):
+    argv = base_args(specs, tmp_path / "o")
+    for flag, value in zip(args[::2], args[1::2]):
+        if flag in argv:
+            argv[argv.index(flag) + 1] = value
+        else:
+            argv += [flag, value]
+    res = CliRunner().invoke(cli, argv)
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Traceback" not in res.output
+
+
+class NaNStitch(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(1))
+        self.c = c
+
+    def forward(self, x):
+        return x * self.w * float("nan")
+
+
+class NaNFamily(StitchFamily):
+    name = "nan_for_tests"
+    description = "diverges at once (tests)"
+
+    def accepts(self, s, r):
+        return None if s.shape == r.shape else "only equal shapes"
+
+    def build(self, s, r, **opts):
+        return NaNStitch(s.channels)
+
+    def init(self, stitch, a, b):
+        pass
+
+
+def test_unstitchable_and_diverging_cells_are_recorded_and_the_matrix_goes_on(
+    specs, tmp_path, register_plugin
+):
+    class Plugin:
+        @stitchcore.hookimpl
+        def register_stitch_families(self, register):
+            register(NaNFamily())
+
+    register_plugin(Plugin(), "nan-family-test")
+    out = tmp_path / "nan"
+    res = CliRunner().invoke(cli, base_args(specs, out, "--family", "nan_for_tests", "--no-cka"))
+    assert res.exit_code == 0, res.output
+    cells = json.loads((out / "matrix.json").read_text())["cells"]
+    status = {(c["i"], c["j"]): c for c in cells}
+    assert status[(0, 0)]["status"] == "failed" and "diverged" in status[(0, 0)]["reason"]
+    assert status[(0, 1)]["status"] == "refused" and "only equal shapes" in status[(0, 1)]["reason"]
+    assert "failed" in res.output and "could not be stitched" in res.output
+
+
+def _env():
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+@pytest.mark.slow
+def test_sigkill_loses_no_finished_cell_and_resume_equals_uninterrupted(specs, tmp_path, tiny_matrix):
+    _, reference, _ = tiny_matrix
+    out = tmp_path / "killed"
+    argv = STITCH + base_args(specs, out, "--controls", "random-sender")
+    proc = subprocess.Popen(argv, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(out.glob("cells/*/*_*.json"))) < 3:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = {p: p.read_text() for p in out.glob("cells/*/*_*.json")}
+    assert 3 <= len(finished) < 12
+    assert all(json.loads(t)["status"] for t in finished.values())  # complete, parseable files
+    subprocess.run(argv, env=_env(), check=True, capture_output=True)
+    resumed = json.loads((out / "matrix.json").read_text())
+    assert resumed["timings"]["cells_resumed"] == len(finished)
+    assert all(p.read_text() == t for p, t in finished.items())  # kept as they were
+    assert strip_times(resumed) == strip_times(reference)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_equals_single_process(specs, tmp_path, tiny_matrix):
+    _, reference, _ = tiny_matrix
+    out = tmp_path / "dist"
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+            "--master_port", "29517", "-m", "stitchcore.cli",
+            *base_args(specs, out, "--controls", "random-sender")]  # fmt: skip
+    run = subprocess.run(argv, env=_env(), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    merged = json.loads((out / "matrix.json").read_text())
+    assert strip_times(merged) == strip_times(reference)
+
+
+def test_shards_then_merge(specs, tmp_path, tiny_matrix):
+    _, reference, _ = tiny_matrix
+    out = tmp_path / "sharded"
+    runner = CliRunner()
+    for k in ("1/2", "2/2"):
+        res = runner.invoke(cli, base_args(specs, out, "--controls", "random-sender", "--shard", k))
+        assert res.exit_code == 0, res.output
+    # a shard alone does not assemble the matrix
+    assert not (out / "matrix.json").exists()
+    res = runner.invoke(cli, ["merge", str(out)])
+    assert res.exit_code == 0, res.output
+    merged = json.loads((out / "matrix.json").read_text())
+    assert strip_times(merged) == strip_times(reference)
+
+
+def test_stitch_plot_redraws(tiny_matrix, tmp_path):
+    out, _, _ = tiny_matrix
+    target = tmp_path / "p.png"
+    res = CliRunner().invoke(cli, ["plot", str(out), "--out", str(target)])
+    assert res.exit_code == 0, res.output
+    assert Path(target).read_bytes()[:4] == b"\x89PNG"
