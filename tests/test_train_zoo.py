@@ -22,7 +22,7 @@ from stitchcore import InputSpec, LoadedModel, ModelHints, ModelSource, list_cut
 from stitchcore.cli.main import cli
 from stitchcore.datasets import load_data
 from stitchcore.errors import StitchError, UnknownNameError
-from stitchcore.training import LinearHead, TrainConfig, evaluate, train_classifier
+from stitchcore.training import LinearHead, TrainConfig, attach_head, evaluate, train_classifier
 from stitchcore.zoo import TrainRequest, ensure_trained, list_entries, save_entry, zoo_dir
 
 TINY = {"train_size": 300, "input_size": 16, "width": 0.25}
@@ -84,6 +84,8 @@ def test_training_beats_chance_and_records_everything(trained, zoo):
     assert all(h["seconds"] > 0 and 0 <= h["train_accuracy"] <= 1 for h in history)
     assert record["seconds_per_epoch"] > 0
     assert (zoo / f"{NAME}.safetensors").is_file() and (zoo / f"{NAME}.json").is_file()
+    assert json.loads((zoo / f"{NAME}.json").read_text()) == record
+    assert record["weights"] == f"{NAME}.safetensors"
     assert any("training zoo:" + NAME in line for line in logs)  # says so on stderr
     assert not list(zoo.glob(".*.tmp"))
 
@@ -229,6 +231,16 @@ def test_probe_on_a_zoo_model_replaces_only_its_classifier(trained):
     assert load_model(f"zoo:{record['name']}").num_classes == 10
 
 
+def test_a_classifier_without_reset_classifier_is_replaced_in_place():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small()  # no reset_classifier: classifier.3
+    head, info = attach_head(model, 10, "finetune", torch.zeros(2, 3, 32, 32), current=1000)
+    assert head is model and info.replaced and not info.added
+    assert info.classifier == "classifier.3" and info.in_features == 1024
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
 # ----------------------------------------------------------------------------- data options
 def test_grey_input_coarse_labels_and_label_noise(zoo):
     loaded, record = ensure_trained(
@@ -266,6 +278,12 @@ def test_names_are_deterministic_and_distinct():
     assert (
         TrainRequest("timm:resnet18@pretrained", "digits").name()
         == "timm-resnet18-pretrained-digits-s0-probe"
+    )
+    assert TrainRequest("timm:resnet18@random-3", "digits").name() == (
+        "timm-resnet18-random-3-digits-s0-e3"
+    )
+    assert TrainRequest("timm:resnet18", "digits", head="probe").name() == (
+        "timm-resnet18-digits-s0-probe"  # the source's default weights, probed
     )
     a = TrainRequest("timm:resnet18", "imagefolder:/data/a").name()
     b = TrainRequest("timm:resnet18", "imagefolder:/data/b").name()
