@@ -82,7 +82,7 @@ def train_group(
                         for p in m.module.parameters():
                             p.grad = None
                 opt.step()
-            sched.step()
+                sched.step()
             step += 1
             if on_step:
                 on_step(step, total)

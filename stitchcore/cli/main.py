@@ -46,8 +46,6 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def main() -> None:
-    from . import commands  # noqa: F401  (registers the subcommands)
-
     cli(prog_name="stitch")
 
 
