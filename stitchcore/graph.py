@@ -204,6 +204,10 @@ class CutPoint:
 
 _BATCH = object()  # marker: "this value is the batch size"
 
+# Tracers tried in order. benchmarks/cut_survey.py --backend export sets ("export",) to measure
+# the fallback on models FX could trace.
+BACKENDS: tuple[str, ...] = ("fx", "export")
+
 
 class TracedGraph:
     """A model traced once, analysed for cuts, and cut as often as needed.
@@ -219,7 +223,7 @@ class TracedGraph:
         with torch.no_grad():
             expected = self.model(example)
         self.backend = ""
-        for backend in ("fx", "export"):
+        for backend in BACKENDS:
             try:
                 traced = copy.deepcopy(self.model)
                 if backend == "fx":

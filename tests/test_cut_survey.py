@@ -40,7 +40,7 @@ TIMM_MODELS = [
     ("beit_base_patch16_224", 32, {"img_size": 32, "depth": 2}, ("pos_drop", 3)),
     ("maxvit_nano_rw_256", 64, {"img_size": 64}, ("stem", 5)),
     ("nf_regnet_b0", 32, {}, ("stem.conv", 5)),
-    ("legacy_xception", 71, {}, ("act2", 14)),  # feature_info names sit inside blocks
+    ("legacy_xception", 32, {}, ("act2", 14)),  # feature_info names sit inside blocks
     ("rexnet_100", 32, {}, ("stem", 6)),
     ("edgenext_xx_small", 64, {}, ("stem", 5)),
     ("mobilevit_xxs", 64, {}, ("stem", 6)),

@@ -320,3 +320,19 @@ def test_untraceable_model_fails_with_both_reasons():
     with pytest.raises(StitchError, match="cannot trace ValueBranch") as err:
         Cutter(ValueBranch(), example_input=_x(2, 3))
     assert "fx:" in str(err.value) and "export:" in str(err.value)
+
+
+def test_export_backend_gives_the_same_default_cuts_on_a_real_model(monkeypatch):
+    """Forcing torch.export on a model FX can trace: same names, same specs, exact halves."""
+    import stitchcore.graph
+
+    model = timm.create_model("resnet18", pretrained=False, zero_init_last=False).eval()
+    x = _x(2, 3, 32, 32)
+    via_fx = Cutter(model, example_input=x).cuts()
+    monkeypatch.setattr(stitchcore.graph, "BACKENDS", ("export",))
+    cutter = Cutter(model, example_input=x)
+    assert cutter.backend.graph.backend == "export"
+    cuts = cutter.cuts()
+    assert [(c.name, c.spec) for c in cuts] == [(c.name, c.spec) for c in via_fx]
+    for cut in cuts:
+        assert _recomposes(cutter, *cutter.split(cut), _x(3, 3, 32, 32)), cut.name
