@@ -18,6 +18,7 @@ from ..errors import StitchError
 from ..matrix import CONTROLS, Matrix, MatrixConfig, ResultsDir, assemble, distributed
 from ..stitching import INITS, OBJECTIVES, StitchConfig
 from .main import cli, err_console
+from .options import family_option, parse_family_options
 from .progress import progress_bar
 
 
@@ -48,6 +49,7 @@ def default_out(sender: str, receiver: str, data: str) -> Path:
 @click.option("--receiver-cuts", default="default", show_default=True, help="Comma list, default or all.")
 @click.option("--diagonal", is_flag=True, help="Only cells whose sender and receiver cut index match.")
 @click.option("--family", default="auto", show_default=True)
+@family_option
 @click.option("--objective", type=click.Choice(OBJECTIVES), default="task", show_default=True)
 @click.option("--init", "init", type=click.Choice(INITS), default="lstsq", show_default=True)
 @click.option("--epochs", type=int, default=1, show_default=True, help="Stitch training epochs.")
@@ -102,6 +104,7 @@ def matrix_command(**opts) -> None:
         stitch=StitchConfig(
             family=opts["family"], objective=opts["objective"], init=opts["init"],
             epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"], seed=opts["seed"],
+            family_options=parse_family_options(opts["family_options"]),
         ),  # fmt: skip
     )
     out = Path(opts["out"]) if opts["out"] else default_out(cfg.sender, cfg.receiver, cfg.data)

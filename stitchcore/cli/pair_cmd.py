@@ -15,6 +15,7 @@ from ..pair import stitch_sides
 from ..sources import load_model
 from ..stitching import INITS, OBJECTIVES, StitchConfig
 from .main import cli, err_console
+from .options import family_option, parse_family_options
 from .progress import progress_bar
 
 
@@ -27,11 +28,12 @@ def fmt(value, pct: bool = True) -> str:
 
 
 @cli.command("pair")
-@click.option("--sender", required=True, help="Sender model spec, e.g. zoo:resnet18-digits-s0.")
+@click.option("--sender", required=True, help="Sender model spec, e.g. zoo:timm-resnet18-digits-s0-e3.")
 @click.option("--sender-cut", required=True, help="Where to cut the sender (see `stitch cuts`).")
 @click.option("--receiver", required=True, help="Receiver model spec.")
 @click.option("--receiver-cut", required=True, help="Where to cut the receiver.")
 @click.option("--family", default="auto", show_default=True, help="Stitch family, or auto.")
+@family_option
 @click.option("--objective", type=click.Choice(OBJECTIVES), default="task", show_default=True)
 @click.option("--init", "init", type=click.Choice(INITS), default="lstsq", show_default=True)
 @click.option("--epochs", type=int, default=2, show_default=True)
@@ -43,8 +45,8 @@ def fmt(value, pct: bool = True) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON to stdout.")
 @click.option("--save", "save_dir", type=click.Path(file_okay=False), help="Save the stitch here.")
 def pair_command(
-    sender, sender_cut, receiver, receiver_cut, family, objective, init, epochs, batch_size, lr,
-    seed, data, train_size, as_json, save_dir,
+    sender, sender_cut, receiver, receiver_cut, family, family_options, objective, init, epochs,
+    batch_size, lr, seed, data, train_size, as_json, save_dir,
 ) -> None:  # fmt: skip
     """Train one stitch from SENDER at SENDER_CUT into RECEIVER at RECEIVER_CUT and report
     stitched accuracy, the models' own accuracies and the stitching penalty.
@@ -57,7 +59,7 @@ def pair_command(
     """
     cfg = StitchConfig(
         family=family, objective=objective, init=init, epochs=epochs, batch_size=batch_size,
-        lr=lr, seed=seed,
+        lr=lr, seed=seed, family_options=parse_family_options(family_options),
     )  # fmt: skip
     splits = load_data(data, DataOptions(train_size=train_size, seed=seed))
     s_side = Side.of(load_model(sender))
