@@ -11,11 +11,11 @@ Public API (stable names outside code can rely on):
 
 from .cuts import Cut, CutBackend, Cutter, list_cuts, split
 from .errors import CutError, StitchError, UnknownNameError
+from .graph import TracerPolicy
 from .hookspecs import hookimpl
+from .pair import StitchResult, stitch
 from .sources import LoadedModel, ModelSource, load_model, parse_spec
 from .spec import ActivationSpec, InputSpec, ModelHints
-from .graph import TracerPolicy
-from .pair import StitchResult, stitch
 from .stitching import StitchConfig, StitchedModel
 
 __version__ = "0.1.0"

@@ -35,7 +35,9 @@ def base_model(
         else:
             spec_to_train = spec
         if needs_training:
-            log(f"{spec}: {why}; training it on {data} (seed {seed}, {epochs} epochs, cached in the zoo)")
+            log(
+                f"{spec}: {why}; training it on {data} (seed {seed}, {epochs} epochs, cached in the zoo)"
+            )
             loaded, record = ensure_trained(spec_to_train, data, seed=seed, epochs=epochs, log=log)
     info = {
         "spec": spec,

@@ -90,7 +90,9 @@ def load_stitch_weights(module, path: Path) -> None:
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if wrong or missing or unexpected:
-        parts = [f"{k}: checkpoint {tuple(state[k].shape)} vs here {tuple(own[k].shape)}" for k in wrong]
+        parts = [
+            f"{k}: checkpoint {tuple(state[k].shape)} vs here {tuple(own[k].shape)}" for k in wrong
+        ]
         parts += [f"missing {k}" for k in missing[:3]] + [f"unexpected {k}" for k in unexpected[:3]]
         raise StitchError(f"stitch checkpoint does not fit this pair: {'; '.join(parts)}")
     module.load_state_dict(state)

@@ -43,7 +43,9 @@ def train_group(
 ) -> None:
     """Train the group's trainable members in place; a member whose loss stops being finite is
     marked failed and dropped, the others go on."""
-    active = [m for m in members if m.trainable and any(p.requires_grad for p in m.module.parameters())]
+    active = [
+        m for m in members if m.trainable and any(p.requires_grad for p in m.module.parameters())
+    ]
     if not active or cfg.epochs == 0:
         return
     groups = [{"params": [p for p in m.module.parameters() if p.requires_grad]} for m in active]

@@ -27,7 +27,7 @@ from .cache import DEFAULT_BUDGET, ActivationStore
 from .checkpoint import write_json_atomic
 from .controls import randomized
 from .cuts import Cut, Cutter
-from .datasets import DataOptions, DataSplits, adapt, load_data
+from .datasets import DataSplits, adapt
 from .errors import StitchError
 from .families import resolve_family
 from .group import Member, evaluate_group, train_group
@@ -96,7 +96,9 @@ class ResultsDir:
             probe.write_text("ok")
             probe.unlink()
         except OSError as exc:
-            raise StitchError(f"cannot write to output directory {self.path}: {exc.strerror}") from exc
+            raise StitchError(
+                f"cannot write to output directory {self.path}: {exc.strerror}"
+            ) from exc
         cfg_file = self.path / "config.json"
         if cfg_file.exists():
             old = json.loads(cfg_file.read_text())
@@ -215,7 +217,9 @@ class Matrix:
             return self.sides[role]
         if role not in self._random_sides:
             real = self.sides[role]
-            module = randomized(real.module, seed=self.cfg.stitch.seed + (1 if role == "receiver" else 0))
+            module = randomized(
+                real.module, seed=self.cfg.stitch.seed + (1 if role == "receiver" else 0)
+            )
             cutter = Cutter(module, real.cutter.example)
             cutter.hints = real.cutter.hints
             self._random_sides[role] = Side(cutter, real.input, f"{real.label} (random init)")
@@ -238,9 +242,18 @@ class Matrix:
         out: dict = {"train": [], "test": []}
         t0 = time.perf_counter()
         for split in ("train", "test"):
-            x, y = (self.data.train_x, self.data.train_y) if split == "train" else (self.data.test_x, self.data.test_y)
+            x, y = (
+                (self.data.train_x, self.data.train_y)
+                if split == "train"
+                else (self.data.test_x, self.data.test_y)
+            )
             stores = [
-                ActivationStore(len(y), c.spec.shape, fp16=self.cfg.fp16, budget=self.cache_budget // max(1, len(self.sender_cuts)))
+                ActivationStore(
+                    len(y),
+                    c.spec.shape,
+                    fp16=self.cfg.fp16,
+                    budget=self.cache_budget // max(1, len(self.sender_cuts)),
+                )
                 for c in self.sender_cuts
             ]
             for start in range(0, len(y), 256):
@@ -337,7 +350,9 @@ class Matrix:
         cfg = self.cfg.stitch
         by_key = {(c["i"], c["j"]): c for c in cells}
         test_y = self.data.test_y
-        test_members = [Member(m.key, m.module, m.trainable, acts["test"][m.key[0]]) for m in members]
+        test_members = [
+            Member(m.key, m.module, m.trainable, acts["test"][m.key[0]]) for m in members
+        ]
         before = evaluate_group(test_members, suffix, test_y, self.data.num_classes)
         try:
             train_group(
@@ -361,7 +376,9 @@ class Matrix:
                 stitched_accuracy=ev["accuracy"],
                 stitched_loss=ev["loss"],
                 train_loss=m.history[-1] if m.history else None,
-                penalty=(ra - ev["accuracy"]) if ra is not None and ev["accuracy"] is not None else None,
+                penalty=(ra - ev["accuracy"])
+                if ra is not None and ev["accuracy"] is not None
+                else None,
             )
 
     @torch.no_grad()

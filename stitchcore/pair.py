@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .cuts import Cut, Cutter, run_suffix
+from .cuts import Cut, Cutter
 from .datasets import DataSplits, adapt, batches
 from .errors import StitchError
 from .families import StitchFamily, resolve_family
@@ -125,9 +125,11 @@ def collect(
         context=torch.cat(contexts) if contexts else None,
         num_classes=num_classes,
     )
-    accs = {
-        f"{k}_accuracy": (v[0] / len(y_all) if v[1] else None) for k, v in own.items()
-    } if own_accuracy else {}
+    accs = (
+        {f"{k}_accuracy": (v[0] / len(y_all) if v[1] else None) for k, v in own.items()}
+        if own_accuracy
+        else {}
+    )
     return split_data, accs
 
 
@@ -211,8 +213,14 @@ def stitch_sides(
     test_src = train if isinstance(train, DataSplits) else test
     test_data, own = (
         collect(
-            test_src, "test", s_side, s_prefix, r_side,
-            r_prefix if cfg.objective == "match" else None, own_accuracy=True, **common,
+            test_src,
+            "test",
+            s_side,
+            s_prefix,
+            r_side,
+            r_prefix if cfg.objective == "match" else None,
+            own_accuracy=True,
+            **common,
         )  # fmt: skip
         if test_src is not None
         else (None, {})
@@ -235,9 +243,7 @@ def stitch_sides(
     metrics["train_loss"] = history[-1] if history else None
     if test_data is not None:
         ev = evaluate_stitch(module, r_suffix, test_data)
-        metrics.update(
-            stitched_accuracy=ev["accuracy"], stitched_loss=ev["loss"], **own
-        )
+        metrics.update(stitched_accuracy=ev["accuracy"], stitched_loss=ev["loss"], **own)
         if "match_mse" in ev:
             metrics["match_mse"] = ev["match_mse"]
         ra, sa = own.get("receiver_accuracy"), ev["accuracy"]

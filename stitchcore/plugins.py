@@ -174,4 +174,3 @@ def call_first(hook_name: str, **kwargs) -> Any:
 
 def call_all(hook_name: str, **kwargs) -> list[Any]:
     return [r for r in getattr(get_plugin_manager().hook, hook_name)(**kwargs) if r is not None]
-

@@ -59,7 +59,9 @@ class FrozenGuard:
                 if key not in now or not torch.equal(now[key], before):
                     changed.append(f"{name}.{key}")
         if changed:
-            shown = ", ".join(changed[:5]) + (f" (+{len(changed) - 5} more)" if len(changed) > 5 else "")
+            shown = ", ".join(changed[:5]) + (
+                f" (+{len(changed) - 5} more)" if len(changed) > 5 else ""
+            )
             raise FrozenModelError(f"frozen model state changed during stitch training: {shown}")
 
 

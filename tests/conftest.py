@@ -9,7 +9,9 @@ import torch  # noqa: E402
 
 # 2 threads on an idle 2-core CI machine; set STITCHCORE_TEST_THREADS=1 when the machine is
 # shared (OpenMP barriers stall badly under contention).
-torch.set_num_threads(int(os.environ.get("STITCHCORE_TEST_THREADS", min(2, torch.get_num_threads()))))
+torch.set_num_threads(
+    int(os.environ.get("STITCHCORE_TEST_THREADS", min(2, torch.get_num_threads())))
+)
 
 
 @pytest.fixture
@@ -51,6 +53,10 @@ def digits_pair(zoo_dir):
     from stitchcore.zoo import ensure_trained
 
     quiet = lambda _msg: None  # noqa: E731
-    a, _ = ensure_trained("timm:resnet10t@random", "digits", seed=0, epochs=3, log=quiet, progress=False)
-    b, _ = ensure_trained("timm:resnet10t@random", "digits", seed=1, epochs=3, log=quiet, progress=False)
+    a, _ = ensure_trained(
+        "timm:resnet10t@random", "digits", seed=0, epochs=3, log=quiet, progress=False
+    )
+    b, _ = ensure_trained(
+        "timm:resnet10t@random", "digits", seed=1, epochs=3, log=quiet, progress=False
+    )
     return a, b

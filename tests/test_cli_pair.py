@@ -42,7 +42,9 @@ def test_pair_json_and_save_rebuilds_same_accuracy(specs, tmp_path):
     model, record = load_stitched(tmp_path / "st")
     data = load_data("digits")
     with torch.no_grad():
-        acc = (model(adapt(data.test_x, model_input(record))).argmax(1) == data.test_y).float().mean()
+        acc = (
+            (model(adapt(data.test_x, model_input(record))).argmax(1) == data.test_y).float().mean()
+        )
     assert acc.item() == pytest.approx(m["stitched_accuracy"], abs=1e-6)
 
 

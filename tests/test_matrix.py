@@ -189,7 +189,9 @@ def _env():
 
 
 @pytest.mark.slow
-def test_sigkill_loses_no_finished_cell_and_resume_equals_uninterrupted(specs, tmp_path, tiny_matrix):
+def test_sigkill_loses_no_finished_cell_and_resume_equals_uninterrupted(
+    specs, tmp_path, tiny_matrix
+):
     _, reference, _ = tiny_matrix
     out = tmp_path / "killed"
     argv = STITCH + base_args(specs, out, "--controls", "random-sender")

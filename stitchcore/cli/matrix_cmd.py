@@ -45,9 +45,15 @@ def default_out(sender: str, receiver: str, data: str) -> Path:
 @cli.command("matrix")
 @click.option("--sender", required=True, help="Sender model spec, e.g. timm:resnet18.")
 @click.option("--receiver", required=True, help="Receiver model spec, e.g. timm:resnet34.")
-@click.option("--sender-cuts", default="default", show_default=True, help="Comma list, default or all.")
-@click.option("--receiver-cuts", default="default", show_default=True, help="Comma list, default or all.")
-@click.option("--diagonal", is_flag=True, help="Only cells whose sender and receiver cut index match.")
+@click.option(
+    "--sender-cuts", default="default", show_default=True, help="Comma list, default or all."
+)
+@click.option(
+    "--receiver-cuts", default="default", show_default=True, help="Comma list, default or all."
+)
+@click.option(
+    "--diagonal", is_flag=True, help="Only cells whose sender and receiver cut index match."
+)
 @click.option("--family", default="auto", show_default=True)
 @family_option
 @click.option("--objective", type=click.Choice(OBJECTIVES), default="task", show_default=True)
@@ -67,7 +73,9 @@ def default_out(sender: str, receiver: str, data: str) -> Path:
               help="Epochs when base models must be trained first (no local weights).")  # fmt: skip
 @click.option("--out", "out", type=click.Path(file_okay=False), help="Results directory.")
 @click.option("--force", is_flag=True, help="Replace a results directory of another configuration.")
-@click.option("--shard", default=None, help="Compute only share K of N (e.g. 2/8), then `stitch merge`.")
+@click.option(
+    "--shard", default=None, help="Compute only share K of N (e.g. 2/8), then `stitch merge`."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print matrix.json to stdout at the end.")
 def matrix_command(**opts) -> None:
     """Stitch every sender cut into every receiver cut and report the matrix.
@@ -102,8 +110,13 @@ def matrix_command(**opts) -> None:
         cka=opts["cka"],
         fp16=opts["fp16"],
         stitch=StitchConfig(
-            family=opts["family"], objective=opts["objective"], init=opts["init"],
-            epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"], seed=opts["seed"],
+            family=opts["family"],
+            objective=opts["objective"],
+            init=opts["init"],
+            epochs=opts["epochs"],
+            batch_size=opts["batch_size"],
+            lr=opts["lr"],
+            seed=opts["seed"],
             family_options=parse_family_options(opts["family_options"]),
         ),  # fmt: skip
     )
@@ -153,7 +166,9 @@ def matrix_command(**opts) -> None:
                "cells_s": cells_s, "cells_computed": todo, "cells_resumed": done_before}  # fmt: skip
     final = assemble(out, timings) if shard[1] == 1 or world > 1 else None
     if final is None:
-        err_console.print(f"shard {shard[0] + 1}/{shard[1]} done; run `stitch merge {out}` when all are")
+        err_console.print(
+            f"shard {shard[0] + 1}/{shard[1]} done; run `stitch merge {out}` when all are"
+        )
         return
     if opts["as_json"]:
         click.echo(json.dumps(final, indent=2))
@@ -162,7 +177,9 @@ def matrix_command(**opts) -> None:
     failed = [c for c in final["cells"] if c["status"] == "failed"]
     refused = [c for c in final["cells"] if c["status"] == "refused"]
     if refused:
-        err_console.print(f"[yellow]{len(refused)} cells could not be stitched (reasons in matrix.json)")
+        err_console.print(
+            f"[yellow]{len(refused)} cells could not be stitched (reasons in matrix.json)"
+        )
     if failed:
         err_console.print(f"[red]{len(failed)} cells failed (reasons in matrix.json)")
     err_console.print(f"results: {out}/matrix.json, matrix.csv, heatmap.png "
@@ -185,7 +202,9 @@ def merge_command(directory: str, as_json: bool) -> None:
         click.echo(json.dumps(final, indent=2))
     else:
         print_matrix(final)
-    expected = len(final["cuts"]["sender"]) * len(final["cuts"]["receiver"]) * len(final["variants"])
+    expected = (
+        len(final["cuts"]["sender"]) * len(final["cuts"]["receiver"]) * len(final["variants"])
+    )
     if not final["config"].get("diagonal") and len(final["cells"]) < expected:
         err_console.print(f"[yellow]{expected - len(final['cells'])} cells are not computed yet")
 

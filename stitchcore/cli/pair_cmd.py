@@ -10,8 +10,7 @@ from rich.table import Table
 
 from ..checkpoint import save_stitch
 from ..datasets import DataOptions, load_data
-from ..pair import Side
-from ..pair import stitch_sides
+from ..pair import Side, stitch_sides
 from ..sources import load_model
 from ..stitching import INITS, OBJECTIVES, StitchConfig
 from .main import cli, err_console
@@ -28,7 +27,9 @@ def fmt(value, pct: bool = True) -> str:
 
 
 @cli.command("pair")
-@click.option("--sender", required=True, help="Sender model spec, e.g. zoo:timm-resnet18-digits-s0-e3.")
+@click.option(
+    "--sender", required=True, help="Sender model spec, e.g. zoo:timm-resnet18-digits-s0-e3."
+)
 @click.option("--sender-cut", required=True, help="Where to cut the sender (see `stitch cuts`).")
 @click.option("--receiver", required=True, help="Receiver model spec.")
 @click.option("--receiver-cut", required=True, help="Where to cut the receiver.")
@@ -94,7 +95,10 @@ def pair_command(
     table.add_column("value")
     rows = [
         ("sender", f"{sender} @ {result.sender_cut.name} ({result.sender_cut.spec.describe()})"),
-        ("receiver", f"{receiver} @ {result.receiver_cut.name} ({result.receiver_cut.spec.describe()})"),
+        (
+            "receiver",
+            f"{receiver} @ {result.receiver_cut.name} ({result.receiver_cut.spec.describe()})",
+        ),
         ("family", result.family),
         ("objective / init / epochs", f"{objective} / {init} / {epochs}"),
         ("data", data),
