@@ -31,14 +31,14 @@ def base_model(
             why = f"its classifier has {loaded.num_classes} outputs, {data} has {splits.num_classes} classes"
         except StitchError as exc:  # offline and not cached, or no pretrained weights at all
             needs_training, why = True, str(exc)
-            spec_to_train = f"{spec}@random"
-        else:
-            spec_to_train = spec
+            to_train = f"{spec}@random"
+        else:  # pretrained weights with a classifier for another task: fine-tune them
+            to_train = f"{spec}@pretrained"
         if needs_training:
-            log(
-                f"{spec}: {why}; training it on {data} (seed {seed}, {epochs} epochs, cached in the zoo)"
+            log(f"{spec}: {why}; training it on {data} (seed {seed}, {epochs} epochs, in the zoo)")
+            loaded, record = ensure_trained(
+                to_train, data, seed=seed, epochs=epochs, head="finetune", log=log
             )
-            loaded, record = ensure_trained(spec_to_train, data, seed=seed, epochs=epochs, log=log)
     info = {
         "spec": spec,
         "loaded_as": loaded.spec,

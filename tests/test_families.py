@@ -76,16 +76,6 @@ class Model:
         self.acts = dict(zip(cuts, outs))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tensors are tiny: on a shared CPU, extra intra-op threads cost more than they give
-    (measured: 4× the CPU time with 2 threads under load). Restored for the next module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data():
     return _digits(N_FIT + N_TEST)

@@ -26,16 +26,6 @@ ATOL = 1e-5
 VOCAB, PAD = 99, 0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: a second intra-op thread only waits for a busy core (measured 50x slower on
-    the shared 2-core CI machine). Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def bert_config(**kw) -> transformers.BertConfig:
     return transformers.BertConfig(
         vocab_size=VOCAB,

@@ -27,16 +27,6 @@ CHINA_PLAUSIBLE = {442, 449, 663, 698, 483, 832, 497, 975}
 DAISY = 985
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine two threads spin against each other
-    (several times slower); restored afterwards for other modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def pretrained():
     return load_model("effnet-lite:lite0")

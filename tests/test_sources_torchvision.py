@@ -23,16 +23,6 @@ from stitchcore.weights import hub_checkpoint_path
 SMALL = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine two threads spin against each other
-    (several times slower); restored afterwards for other modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def hub_cache(tmp_path, monkeypatch):
     """An empty, private torch hub cache, and no network."""

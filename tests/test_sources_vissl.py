@@ -19,16 +19,6 @@ from stitchcore.weights import hub_checkpoint_path
 X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine two threads spin against each other
-    (several times slower); restored afterwards for other modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def reference():
     """A random torchvision ResNet-50 (with its fc), its trunk outputs on X, and its state."""

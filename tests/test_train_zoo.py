@@ -30,15 +30,6 @@ NAME = "timm-resnet18-digits-s0-e2-n300-w0.25-px16"
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "zoo.md"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread: on a shared 2-core machine, 2 threads stall on OpenMP barriers (4-10× slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
     """A fresh zoo for this module, also the default one (``$STITCHCORE_ZOO``) for ``zoo:``."""
