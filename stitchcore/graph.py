@@ -359,10 +359,10 @@ class TracedGraph:
         if not isinstance(meta, TensorMeta):
             raise CutError(f"{name!r} is not a tensor (it is {type(meta).__name__})")
         if not self.batch_first(node):
-            other = self.meta_other.get(node)
+            other = list(getattr(self.meta_other.get(node), "shape", ()))
             raise CutError(
                 f"{name!r} does not keep the batch in its first dimension (shape "
-                f"{list(meta.shape)} for a batch of 2, {list(other.shape)} for 3), so its "
+                f"{list(meta.shape)} for a batch of 2, {other} for 3), so its "
                 "activations cannot be handed over sample by sample"
             )
         blocking, replay = self.crossing(node)

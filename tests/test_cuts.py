@@ -336,3 +336,26 @@ def test_export_backend_gives_the_same_default_cuts_on_a_real_model(monkeypatch)
     assert [(c.name, c.spec) for c in cuts] == [(c.name, c.spec) for c in via_fx]
     for cut in cuts:
         assert _recomposes(cutter, *cutter.split(cut), _x(3, 3, 32, 32)), cut.name
+
+
+class FoldedBatch(nn.Module):
+    """Rows of every sample are processed as one big batch: ``lin`` sees ``4·B × 6``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(6, 6)
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, x):
+        rows = self.lin(x.reshape(-1, 6))
+        return self.out(rows.reshape(x.shape[0], 4, 6).mean(1))
+
+
+def test_activation_without_the_batch_first_is_not_a_cut():
+    cutter = Cutter(FoldedBatch().eval(), example_input=_x(2, 4, 6))
+    with pytest.raises(
+        CutError, match=r"does not keep the batch in its first dimension \(shape \[8, 6\]"
+    ):
+        cutter.resolve("lin")
+    assert "lin" not in [c.name for c in cutter.cuts(all=True)]
+    assert "mean" in [c.name for c in cutter.cuts(all=True)]
