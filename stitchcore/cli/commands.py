@@ -1,3 +1,12 @@
 """Imports every command module so that each registers itself on the ``stitch`` group."""
 
-from . import cuts_cmd, datasets_cmd, matrix_cmd, pair_cmd, plot_cmd, plugins_cmd, train_cmd  # noqa: F401
+from . import (
+    cuts_cmd,
+    datasets_cmd,
+    matrix_cmd,
+    pair_cmd,
+    plot_cmd,
+    plugins_cmd,
+    split_cmd,
+    train_cmd,
+)  # noqa: F401
