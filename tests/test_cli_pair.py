@@ -18,7 +18,7 @@ def specs(digits_pair):
 
 def pair(specs, *extra, s_cut="layer2", r_cut="layer2"):
     args = ["pair", "--sender", specs[0], "--sender-cut", s_cut, "--receiver", specs[1],
-            "--receiver-cut", r_cut, "--epochs", "1", *extra]  # fmt: skip
+            "--receiver-cut", r_cut, "--epochs", "1", "--train-size", "600", *extra]  # fmt: skip
     return CliRunner().invoke(cli, args)
 
 

@@ -6,7 +6,7 @@ from torch import nn
 
 import stitchcore
 from stitchcore.checkpoint import load_stitched, save_stitch
-from stitchcore.datasets import adapt, load_data
+from stitchcore.datasets import DataOptions, adapt, load_data
 from stitchcore.errors import StitchError
 from stitchcore.pair import Side, stitch
 from stitchcore.stitching import FrozenGuard, FrozenModelError, StitchedModel
@@ -14,7 +14,7 @@ from stitchcore.stitching import FrozenGuard, FrozenModelError, StitchedModel
 
 @pytest.fixture(scope="module")
 def digits():
-    return load_data("digits")
+    return load_data("digits", DataOptions(train_size=600))  # a subset keeps the suite fast
 
 
 def test_stitchcore_exports_the_stitch_api():
