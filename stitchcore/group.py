@@ -9,6 +9,8 @@ no parameter). Adam is per-parameter, so one optimiser over all stitches equals 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -30,6 +32,25 @@ class Member:
     sender: object  # store with take(idx)
     failed: str | None = None
     history: list[float] = field(default_factory=list)
+
+
+@contextmanager
+def frozen_weights(module: nn.Module) -> Iterator[None]:
+    """Within the block, no parameter of ``module`` requires a gradient; restored afterwards.
+
+    Backward through the suffix then computes only the gradient with respect to its input (what
+    the stitches need), not weight gradients for the whole receiver: 2-3x less work per step on
+    a ResNet suffix, and no ``.grad`` buffers accumulating on the frozen model. Restored because a
+    split shares its parameters with the cutter's traced copy, which other splits use.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def train_group(
@@ -58,40 +79,41 @@ def train_group(
     gen = torch.Generator().manual_seed(cfg.seed)
     for m in active:
         m.module.train()
-    step = 0
-    for _ in range(cfg.epochs):
-        sums = {id(m): [0.0, 0] for m in active}
-        order = torch.randperm(n, generator=gen)
-        for start in range(0, n, cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
-            live = [m for m in active if m.failed is None]
-            if len(idx) < 2 or not live:
-                continue
-            losses = _group_losses(live, suffix, idx, labels, cfg.objective, target, context)
-            total_loss = 0.0
-            for m, loss in zip(live, losses):
-                if not torch.isfinite(loss):
-                    m.failed = f"diverged: loss {loss.item()} at step {step}"
+    with frozen_weights(suffix):  # only the stitches learn; no weight grads
+        step = 0
+        for _ in range(cfg.epochs):
+            sums = {id(m): [0.0, 0] for m in active}
+            order = torch.randperm(n, generator=gen)
+            for start in range(0, n, cfg.batch_size):
+                idx = order[start : start + cfg.batch_size]
+                live = [m for m in active if m.failed is None]
+                if len(idx) < 2 or not live:
                     continue
-                total_loss = total_loss + loss
-                sums[id(m)][0] += loss.item()
-                sums[id(m)][1] += 1
-            opt.zero_grad(set_to_none=True)
-            if isinstance(total_loss, torch.Tensor):
-                total_loss.backward()
-                for m in live:  # a failed member must not step on a NaN gradient
-                    if m.failed:
-                        for p in m.module.parameters():
-                            p.grad = None
-                opt.step()
-                sched.step()
-            step += 1
-            if on_step:
-                on_step(step, total)
-        for m in active:
-            s, k = sums[id(m)]
-            if m.failed is None:
-                m.history.append(s / max(1, k))
+                losses = _group_losses(live, suffix, idx, labels, cfg.objective, target, context)
+                total_loss = 0.0
+                for m, loss in zip(live, losses):
+                    if not torch.isfinite(loss):
+                        m.failed = f"diverged: loss {loss.item()} at step {step}"
+                        continue
+                    total_loss = total_loss + loss
+                    sums[id(m)][0] += loss.item()
+                    sums[id(m)][1] += 1
+                opt.zero_grad(set_to_none=True)
+                if isinstance(total_loss, torch.Tensor):
+                    total_loss.backward()
+                    for m in live:  # a failed member must not step on a NaN gradient
+                        if m.failed:
+                            for p in m.module.parameters():
+                                p.grad = None
+                    opt.step()
+                    sched.step()
+                step += 1
+                if on_step:
+                    on_step(step, total)
+            for m in active:
+                s, k = sums[id(m)]
+                if m.failed is None:
+                    m.history.append(s / max(1, k))
     for m in active:
         m.module.eval()
 
