@@ -1,5 +1,6 @@
 """Imports every command module so that each registers itself on the ``stitch`` group."""
 
+# ruff: noqa: F401
 from . import (
     cuts_cmd,
     datasets_cmd,
@@ -9,4 +10,4 @@ from . import (
     plugins_cmd,
     split_cmd,
     train_cmd,
-)  # noqa: F401
+)
