@@ -379,11 +379,12 @@ def mean_acc(cells: list[dict]) -> float | None:
 def report(res: dict, args) -> str:
     """The table, the floor and the goals, as text."""
     ref, eng_r, eng_d, floor = (res.get(m) for m in MODES)
+    epochs = (eng_r or ref or {}).get("epochs", args.epochs)
     measured_ref = ref
     ref = complete_reference(ref, eng_r) if ref else None
     a_label = "(a) reference, est." if ref and ref["estimated"] else "(a) reference loop"
-    rows = [(a_label, ref, f"random init, {args.epochs} ep"),
-            ("(b) engine, same recipe", eng_r, f"random init, {args.epochs} ep"),
+    rows = [(a_label, ref, f"random init, {epochs} ep"),
+            ("(b) engine, same recipe", eng_r, f"random init, {epochs} ep"),
             ("(c) engine, defaults", eng_d, "lstsq init, 1 ep, CKA")]  # fmt: skip
     lines = [f"{'mode':24} {'recipe':22} {'cells':>5} {'time s':>8} {'cells/min':>9} "
              f"{'peak MiB':>8} {'mean acc %':>10} {'load':>5}"]  # fmt: skip
@@ -416,10 +417,10 @@ def report(res: dict, args) -> str:
         per_epoch = floor["per_epoch_s"]
         lines += ["", f"floor: receiver-suffix fwd+bwd passes alone, {floor['cells']} cells × 1 epoch "
                       f"= {per_epoch:.1f} s (load {floor['load']:.1f})"]  # fmt: skip
-        for label, r, epochs in (("(b)", eng_r, args.epochs), ("(c)", eng_d, 1)):
+        for label, r, ep in (("(b)", eng_r, epochs), ("(c)", eng_d, 1)):
             if r:
-                f = per_epoch * epochs
-                lines.append(f"  {label}: floor × {epochs} ep = {f:.1f} s; engine {r['time_s']:.1f} s "
+                f = per_epoch * ep
+                lines.append(f"  {label}: floor × {ep} ep = {f:.1f} s; engine {r['time_s']:.1f} s "
                              f"= {r['time_s'] / f:.2f}× the floor")  # fmt: skip
     lines += ["", "goals (printed, not asserted):"]
     if ref and eng_r:
@@ -482,8 +483,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--json", dest="json_out", default=None, help="also write all results to this file"
     )
+    p.add_argument("--report", default=None, metavar="JSON[,JSON…]",
+                   help="print the table from --json files of earlier runs (later files win)")  # fmt: skip
     args = p.parse_args(argv)
 
+    if args.report:
+        headers, results = [], {}
+        for name in args.report.split(","):
+            saved = json.loads(Path(name).read_text())
+            headers.append(f"[{Path(name).name}] " + "; ".join(saved["header"]))
+            results.update(saved["results"])
+        print("\n".join(headers) + "\n\n" + report(results, args))
+        return
     if args.mode != "all":
         import torch
 
@@ -509,7 +520,7 @@ def main(argv: list[str] | None = None) -> None:
                              f"import matrix_speed as m; m._setup({args.zoo!r}, {args.train_size!r})"])  # fmt: skip
     if rc != 0:
         raise SystemExit("could not prepare the base models")
-    for mode in args.modes.split(","):
+    for mode in filter(None, args.modes.split(",")):
         results[mode] = run_mode(mode, args)
     if not args.skip_cli:
         fresh_zoo = str(Path(args.workdir) / "cli-zoo")

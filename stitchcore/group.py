@@ -19,7 +19,7 @@ from torch import nn
 
 from .cache import take
 from .cuts import run_suffix
-from .stitching import StitchConfig, head_fits, logits_of
+from .stitching import FIRST_LOOK, StitchConfig, head_fits, logits_of, optimizer, starts_solved
 
 
 @dataclass
@@ -69,13 +69,10 @@ def train_group(
     ]
     if not active or cfg.epochs == 0:
         return
-    groups = [{"params": [p for p in m.module.parameters() if p.requires_grad]} for m in active]
-    opt = torch.optim.Adam(groups, lr=cfg.lr)
     n = len(labels)
     total = cfg.epochs * max(1, math.ceil(n / cfg.batch_size))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
-    )
+    solved = _starts_solved(active, suffix, labels, cfg, target, context)
+    opt, sched = optimizer([m.module for m in active], cfg, total, solved)
     gen = torch.Generator().manual_seed(cfg.seed)
     for m in active:
         m.module.train()
@@ -116,6 +113,20 @@ def train_group(
                     m.history.append(s / max(1, k))
     for m in active:
         m.module.eval()
+
+
+@torch.no_grad()
+def _starts_solved(active, suffix, labels, cfg, target, context) -> list[bool]:
+    """Which members fine-tune a solution (stitching.starts_solved), from their eval-mode loss
+    on the first training samples."""
+    if cfg.init == "random":
+        return [False] * len(active)
+    for m in active:
+        m.module.eval()
+    idx = torch.arange(min(len(labels), FIRST_LOOK))
+    losses = _group_losses(active, suffix, idx, labels, cfg.objective, target, context)
+    classes = int(labels.max()) + 1
+    return [starts_solved(cfg, float(loss), classes) for loss in losses]
 
 
 def _group_losses(live, suffix, idx, labels, objective, target, context):

@@ -3,12 +3,18 @@
 Stitch families fit ``y ≈ W x + b`` on paired activations (Csiszárik et al.'s direct matching,
 the ``ps_inv`` init of SN-Net and drfrankenstein). Activations come in large batches of
 positions (pixels × samples), and a strided conv sees patches several times wider than its
-input, so the fit never holds a design matrix: :class:`LeastSquares` accumulates the centred
-normal equations chunk by chunk in float64 and solves them once. Centring removes the bias from
-the linear system (``b = ȳ - W x̄``) and keeps it well conditioned. A ridge term is added when the
+input, so the fit does not hold a design matrix once it has more rows than features:
+:class:`LeastSquares` accumulates the centred normal equations chunk by chunk (products in the
+input's precision, sums in float64) and solves them once. Centring removes the bias from the
+linear system (``b = ȳ - W x̄``) and keeps it well conditioned. A ridge term is added when the
 caller asks for one (relative to the input's variance, so it means the same at any scale) and,
 as a fallback, whenever the covariance is (numerically) singular, e.g. fewer rows than features
 or duplicated channels, where plain normal equations would blow up.
+
+Wide problems (no more rows than features, e.g. a strided conv whose kernel covers a whole
+16×16 map: 16,384 inputs from 2,048 samples) are solved in the dual instead: the rows are kept
+(never more memory than the d × d sums would take) and the ridge solution is
+``Wᵀ = Xᵀ (X Xᵀ / n + αI)⁻¹ Y / n``, an n × n system rather than a d × d one.
 """
 
 from __future__ import annotations
@@ -59,6 +65,8 @@ class LeastSquares:
         self._shift_x: torch.Tensor | None = None
         self._shift_y: torch.Tensor | None = None
         self._sx = self._sy = self._sxx = self._sxy = None
+        # rows kept while there are no more of them than features (see _solve_dual)
+        self._kept: list[tuple[torch.Tensor, torch.Tensor]] | None = []
 
     def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Add rows ``x`` (n, d_in) paired with ``y`` (n, d_out)."""
@@ -66,22 +74,35 @@ class LeastSquares:
             raise ValueError(f"expected paired 2-D rows, got {tuple(x.shape)} and {tuple(y.shape)}")
         if x.shape[0] == 0:
             return
-        x = x.detach().to(torch.float64)
-        y = y.detach().to(torch.float64)
+        x = x.detach()
+        y = y.detach()
         if self._shift_x is None:
-            self._shift_x, self._shift_y = x.mean(0), y.mean(0)
-            d_in, d_out = x.shape[1], y.shape[1]
-            self._sx = x.new_zeros(d_in)
-            self._sy = x.new_zeros(d_out)
-            self._sxx = x.new_zeros(d_in, d_in)
-            self._sxy = x.new_zeros(d_in, d_out)
-        x = x - self._shift_x
-        y = y - self._shift_y
-        self._sx += x.sum(0)
-        self._sy += y.sum(0)
-        self._sxx += x.T @ x
-        self._sxy += x.T @ y
+            self._shift_x = x.to(torch.float64).mean(0)
+            self._shift_y = y.to(torch.float64).mean(0)
+        # shifted in float64, multiplied in the input's precision (float32 GEMMs are 2-4x
+        # faster on a CPU; a chunk's products are summed into float64)
+        dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+        x = (x.to(torch.float64) - self._shift_x).to(dtype)
+        y = (y.to(torch.float64) - self._shift_y).to(dtype)
         self.rows += x.shape[0]
+        if self._kept is not None:
+            self._kept.append((x.to(torch.float64), y.to(torch.float64)))
+            if self.rows <= x.shape[1]:
+                return
+            kept, self._kept = self._kept, None  # tall problem: from now on only the sums
+            x, y = torch.cat([k[0] for k in kept]), torch.cat([k[1] for k in kept])
+            x, y = x.to(dtype), y.to(dtype)
+        if self._sxx is None:
+            d_in, d_out = x.shape[1], y.shape[1]
+            f64 = torch.float64
+            self._sx = torch.zeros(d_in, dtype=f64)
+            self._sy = torch.zeros(d_out, dtype=f64)
+            self._sxx = torch.zeros(d_in, d_in, dtype=f64)
+            self._sxy = torch.zeros(d_in, d_out, dtype=f64)
+        self._sx += x.sum(0, dtype=torch.float64)
+        self._sy += y.sum(0, dtype=torch.float64)
+        self._sxx += (x.T @ x).to(torch.float64)
+        self._sxy += (x.T @ y).to(torch.float64)
 
     def solve(self, ridge: float = 0.0, max_condition: float = MAX_CONDITION) -> AffineFit:
         """Solve for ``W`` and ``b``.
@@ -91,10 +112,12 @@ class LeastSquares:
         determines. Whatever is asked, a covariance that is still (numerically) singular gets
         ``mean variance / max_condition`` added to its diagonal instead of failing.
         """
-        if self.rows == 0 or self._sxx is None:
+        if self.rows == 0:
             raise ValueError("no rows to fit")
         if ridge < 0:
             raise ValueError(f"ridge must be ≥ 0, got {ridge}")
+        if self._kept is not None:
+            return self._solve_dual(ridge, max_condition)
         n = self.rows
         mx, my = self._sx / n, self._sy / n
         cov_xx = self._sxx / n - torch.outer(mx, mx)
@@ -115,6 +138,24 @@ class LeastSquares:
         linear_mean = weight @ mean_x
         linear_var = torch.einsum("oi,ij,oj->o", weight, cov_xx, weight).clamp_min(0.0)
         return AffineFit(weight, bias, alpha, linear_mean, linear_var, n)
+
+    def _solve_dual(self, ridge: float, max_condition: float) -> AffineFit:
+        """The same ridge solution from the n × n Gram matrix (n ≤ d: the covariance is singular,
+        so the ridge is at least the fallback floor, as in :meth:`solve`)."""
+        x = torch.cat([k[0] for k in self._kept])
+        y = torch.cat([k[1] for k in self._kept])
+        n, d = x.shape
+        mx, my = x.mean(0), y.mean(0)
+        x, y = x - mx, y - my
+        scale = max(float(x.pow(2).sum()) / (n * d), torch.finfo(torch.float64).tiny)
+        alpha = max(float(ridge) * scale, scale / max_condition)
+        gram = x @ x.T / n + alpha * torch.eye(n, dtype=torch.float64)
+        weight = (x.T @ _spd_solve(gram, y / n)).T.contiguous()  # (d_out, d_in)
+        mean_x, mean_y = mx + self._shift_x, my + self._shift_y
+        z = x @ weight.T
+        return AffineFit(
+            weight, mean_y - weight @ mean_x, alpha, weight @ mean_x, z.pow(2).mean(0), n
+        )
 
 
 def _well_conditioned(cov: torch.Tensor, scale: float, max_condition: float) -> bool:

@@ -542,3 +542,26 @@ def test_least_squares_chunks_equal_one_shot():
     assert torch.allclose(a.weight, b.weight) and torch.allclose(a.bias, b.bias)
     assert torch.allclose(a.weight.T, ref[:6], atol=1e-10)
     assert torch.allclose(a.bias, ref[6], atol=1e-10)
+
+
+def test_wide_least_squares_is_solved_in_the_dual_and_equals_the_ridge_solution():
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(120, 400, generator=gen) * 2 + 3  # fewer rows than features
+    y = x[:, :5] @ torch.randn(5, 6, generator=gen) + 1
+    ls = LeastSquares()
+    for i in range(0, 120, 50):
+        ls.add(x[i : i + 50], y[i : i + 50])
+    assert ls._sxx is None  # rows kept, no 400 × 400 sums
+    fit = ls.solve(ridge=1e-3)
+    xc, yc = (x - x.mean(0)).double(), (y - y.mean(0)).double()
+    cov = xc.T @ xc / 120
+    primal = torch.linalg.solve(
+        cov + fit.ridge * torch.eye(400, dtype=torch.float64), xc.T @ yc / 120
+    )
+    assert fit.ridge == pytest.approx(1e-3 * cov.diagonal().mean().item(), rel=1e-6)
+    assert torch.allclose(fit.weight, primal.T, atol=1e-8)
+    assert torch.allclose(
+        fit.bias, (y.mean(0).double() - fit.weight @ x.mean(0).double()), atol=1e-8
+    )
+    var = torch.einsum("oi,ij,oj->o", fit.weight, cov, fit.weight)
+    assert torch.allclose(fit.linear_var, var, rtol=1e-6)

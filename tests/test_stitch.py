@@ -63,6 +63,31 @@ def test_training_after_lstsq_improves_accuracy(digits_pair, digits):
     assert m["stitched_accuracy"] > m["init_accuracy"]
 
 
+def test_fine_tuning_a_wide_lstsq_stitch_keeps_its_accuracy(digits_pair, digits):
+    # act1 (64×16×16) → layer2 (128×4×4): a strided conv with 1,024 inputs per output. At a plain
+    # lr of 1e-3 Adam's first sign steps threw such stitches from ~96 % to ~40 % in one epoch;
+    # fine-tuning (lr scaled by fan-in, warm-up) must keep them near their closed-form accuracy.
+    a, b = digits_pair
+    m = stitch(a, "act1", b, "layer2", "strided_conv", train=digits, epochs=1).metrics
+    assert m["init_accuracy"] > 0.8
+    assert m["stitched_accuracy"] > m["init_accuracy"] - 0.02
+
+
+def test_optimizer_fine_tunes_only_stitches_that_start_solved():
+    from stitchcore.stitching import StitchConfig, optimizer, starts_solved
+
+    cfg = StitchConfig()
+    wide, narrow = nn.Conv2d(256, 8, 2), nn.Conv2d(16, 8, 1)  # fan-in 1,024 and 16
+    opt, sched = optimizer([wide, narrow], cfg, total_steps=8, solved=[True, False])
+    lrs = [g["lr"] for g in opt.param_groups]
+    assert lrs[0] == pytest.approx(1e-3 * 64 / 1024 / 3)  # fan-in scaled, warm-up 1/3 at step 0
+    assert lrs[1] == pytest.approx(1e-3 / 3)  # the bias: full lr, warming up
+    assert lrs[2:] == pytest.approx([1e-3, 1e-3])  # learning from scratch: full lr, no warm-up
+    assert starts_solved(cfg, 0.3, 10) and not starts_solved(cfg, 1.5, 10)
+    assert not starts_solved(StitchConfig(init="random"), 0.01, 10)
+    assert starts_solved(StitchConfig(objective="match"), 9.0, 10)
+
+
 def test_sender_and_receiver_stay_frozen(digits_pair, digits):
     a, b = digits_pair
     result = stitch(a, "layer2", b, "layer3", train=digits, epochs=1)

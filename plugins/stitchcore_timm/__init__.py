@@ -13,6 +13,8 @@ from __future__ import annotations
 import inspect
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import timm
@@ -69,6 +71,30 @@ def _network_reachable() -> bool:
         return True
     except OSError:
         return False
+
+
+@contextmanager
+def hub_offline(offline: bool) -> Iterator[None]:
+    """Cache-only Hugging Face downloads while ``offline``: no minutes of retries.
+
+    huggingface_hub reads HF_HUB_OFFLINE once, at import, into ``constants.HF_HUB_OFFLINE``, so
+    the environment variable alone does not reach an already imported hub; both are set.
+    """
+    if not offline:
+        yield
+        return
+    from huggingface_hub import constants
+
+    prev_env, prev_const = os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE
+    os.environ["HF_HUB_OFFLINE"], constants.HF_HUB_OFFLINE = "1", True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = prev_const
+        if prev_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = prev_env
 
 
 def random_init(name: str, weights: str, **kwargs) -> nn.Module:
@@ -144,24 +170,18 @@ class TimmSource(ModelSource):
         cfg = timm.models.get_pretrained_cfg(name)
         if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
             raise StitchError(f"timm:{name} has no pretrained weights; use timm:{name}@random")
-        prev = os.environ.get("HF_HUB_OFFLINE")
-        if _offline():
-            os.environ["HF_HUB_OFFLINE"] = "1"  # cache only: no slow retries
+        offline = _offline()
         try:
-            return timm.create_model(name, pretrained=True, **kwargs)
+            with hub_offline(offline):
+                return timm.create_model(name, pretrained=True, **kwargs)
         except Exception as exc:
-            if os.environ.get("HF_HUB_OFFLINE") == "1":
+            if offline:
                 raise OfflineError(
                     f"timm:{name}: pretrained weights are not in the local cache and the hub "
                     f"cannot be reached; use timm:{name}@random, @PATH, or train one with "
                     f"`stitch train timm:{name}`"
                 ) from exc
             raise StitchError(f"timm:{name}: could not load pretrained weights: {exc}") from exc
-        finally:
-            if prev is None:
-                os.environ.pop("HF_HUB_OFFLINE", None)
-            else:
-                os.environ["HF_HUB_OFFLINE"] = prev
 
 
 def width_kwargs(name: str, model: nn.Module, width: float) -> dict:
