@@ -6,19 +6,22 @@ Public API (stable names outside code can rely on):
   split(model_or_loaded, cut_name, example_input=None) -> (prefix, suffix)
   stitch(sender, sender_cut, receiver, receiver_cut, family="auto", train=..., ...)
       -> StitchResult (.model: StitchedModel, .metrics)
+  run_matrix(MatrixConfig(sender=..., receiver=..., ...), out) -> dict (matrix.json's content)
   hookimpl: decorator for plugin hook implementations
 """
+
+__version__ = "0.1.0"  # first: modules imported below read it
 
 from .cuts import Cut, CutBackend, Cutter, list_cuts, split
 from .errors import CutError, StitchError, UnknownNameError
 from .graph import TracerPolicy
 from .hookspecs import hookimpl
+from .matrix import MatrixConfig
+from .matrix_run import run_matrix
 from .pair import StitchResult, stitch
 from .sources import LoadedModel, ModelSource, load_model, parse_spec
 from .spec import ActivationSpec, InputSpec, ModelHints
 from .stitching import StitchConfig, StitchedModel
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ActivationSpec",
@@ -28,6 +31,7 @@ __all__ = [
     "Cutter",
     "InputSpec",
     "LoadedModel",
+    "MatrixConfig",
     "ModelHints",
     "ModelSource",
     "StitchConfig",
@@ -40,6 +44,7 @@ __all__ = [
     "list_cuts",
     "load_model",
     "parse_spec",
+    "run_matrix",
     "split",
     "stitch",
 ]
