@@ -77,6 +77,10 @@ def test_vision_matrix_is_sane(study):
             assert -1.0 <= cell["cka"] <= 1.0 + 1e-6
     for k, row in enumerate(pair["rows"]):  # the same model at the same cut
         assert row["cells"][k]["cka"] == pytest.approx(1.0, abs=1e-6)
+    assert len(pair["summary"]["diagonal_penalty"]) == len(cuts)
+    assert _prob(pair["summary"]["earlier_sender_mean"])
+    px = v["pixel_baseline"]
+    assert _prob(px["accuracy"]) and px["train"] == module.MINI["probe_train"]
 
 
 def test_text_matrix_is_sane(study):
@@ -94,6 +98,9 @@ def test_text_matrix_is_sane(study):
             assert cell["relative_error"] >= 0 and cell["match_mse"] >= 0
             assert -1.0 <= cell["embedding_cosine"] <= 1.0 + 1e-6
             assert -1.0 <= cell["cka"] <= 1.0 + 1e-6
+            distance = t["summary"][str(abs(i - j))]
+            way = "diagonal" if i == j else ("forward" if i < j else "backward")
+            assert distance[way]["relative_error"] >= 0
             if i == j and names[i] != "embeddings":
                 # a layer matched to itself: the least-squares stitch is the identity
                 assert cell["relative_error"] < 0.01

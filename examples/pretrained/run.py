@@ -155,6 +155,8 @@ def vision(out: Path, zoo: Path, p: dict, log) -> dict:
             "package": record.get("base_meta", {}).get("package"),
             "parameters": record["parameters"],
         }
+    pixels = pixel_baseline(data, probe_size)
+    log(f"linear classifier on raw pixels (same training images): {100 * pixels['accuracy']:.1f} %")
     pairs = []
     for s, r in p["pairs"]:
         if s not in models or r not in models:
@@ -178,8 +180,26 @@ def vision(out: Path, zoo: Path, p: dict, log) -> dict:
             k: {x: v for x, v in m.items() if x != "matrix_spec"} for k, m in models.items()
         },
         "missing_packages": missing,
+        "pixel_baseline": pixels,
         "pairs": pairs,
     }
+
+
+def pixel_baseline(data: str, train_size: int | None) -> dict:
+    """Multinomial logistic regression on the raw 28×28 pixels of the probes' training images,
+    tested on the same test images: what a linear map achieves with no network at all, the
+    reference for stitches that feed early features straight into a receiver's last stage."""
+    from sklearn.linear_model import LogisticRegression
+
+    from stitchcore.datasets import DataOptions, load_data
+
+    splits = load_data(data, DataOptions(train_size=train_size))
+    x_tr = splits.train_x.flatten(1).float().numpy() / 255.0
+    x_te = splits.test_x.flatten(1).float().numpy() / 255.0
+    clf = LogisticRegression(max_iter=2000).fit(x_tr, splits.train_y.numpy())
+    accuracy = float((clf.predict(x_te) == splits.test_y.numpy()).mean())
+    return {"model": "logistic regression on raw pixels (sklearn, L2, C=1)",
+            "train": len(x_tr), "test": len(x_te), "accuracy": accuracy}  # fmt: skip
 
 
 def pair_summary(sender: str, receiver: str, matrix: dict, directory: Path) -> dict:
@@ -203,10 +223,20 @@ def pair_summary(sender: str, receiver: str, matrix: dict, directory: Path) -> d
         )
     for row in rows:
         row["cells"].sort(key=lambda cell: [c["name"] for c in r_cuts].index(cell["receiver_cut"]))
+    grid = [[c["stitched_accuracy"] for c in row["cells"]] for row in rows]
+    n = min(len(grid), len(r_cuts))
+    ra = matrix["baselines"]["main"]["receiver_accuracy"]
+    summary = {
+        "diagonal_penalty": [ra - grid[k][k] if grid[k][k] is not None else None for k in range(n)],
+        # above the diagonal: sender cut earlier than receiver cut; below: later
+        "earlier_sender_mean": _mean(grid[i][j] for i in range(n) for j in range(n) if i < j),
+        "later_sender_mean": _mean(grid[i][j] for i in range(n) for j in range(n) if i > j),
+    }
     return {
         "sender": sender,
         "receiver": receiver,
         "baselines": matrix["baselines"]["main"],
+        "summary": summary,
         "receiver_cuts": [{"name": c["name"], "shape": c["shape"]} for c in r_cuts],
         "rows": rows,
         "timings": matrix["timings"],
@@ -362,6 +392,7 @@ def text(p: dict, log) -> dict:
                 )
         log(f"text: stitched every layer into {r_cut.name}")
     return {
+        "summary": text_summary(rows),
         "model": p["text_model"],
         "loaded_as": loaded.spec,
         "objective": "match",
@@ -375,6 +406,32 @@ def text(p: dict, log) -> dict:
         "rows": rows,
         "time_s": time.perf_counter() - start,
     }
+
+
+def text_summary(rows: list[dict]) -> dict:
+    """Mean matching error, CKA and embedding cosine by layer distance |i − j|, separately for
+    matching a later layer from an earlier one (forward) and an earlier from a later (backward)."""
+    out: dict = {}
+    for i, row in enumerate(rows):
+        for j, cell in enumerate(row["cells"]):
+            key = "diagonal" if i == j else ("forward" if i < j else "backward")
+            slot = out.setdefault(str(abs(i - j)), {}).setdefault(key, [])
+            slot.append(cell)
+    return {
+        distance: {
+            way: {
+                metric: _mean(c[metric] for c in cells)
+                for metric in ("relative_error", "cka", "embedding_cosine")
+            }
+            for way, cells in ways.items()
+        }
+        for distance, ways in sorted(out.items(), key=lambda kv: int(kv[0]))
+    }
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
 
 
 def hidden_states(cutter, cuts, train_ids, test_ids) -> dict:
@@ -495,6 +552,11 @@ def print_tables(result: dict) -> None:
             f"effnet-lite:{name}: linear probe on {m['probe_features']} ImageNet features, "
             f"test accuracy {100 * m['probe_test_accuracy']:.1f} %"
         )
+    px = v["pixel_baseline"]
+    console.print(
+        f"linear classifier on raw pixels ({px['train']} training images): "
+        f"{100 * px['accuracy']:.1f} %"
+    )
     for pair in v["pairs"]:
         b = pair["baselines"]
         table = Table(
