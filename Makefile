@@ -21,8 +21,9 @@ install: $(STAMP)
 matrix: $(STAMP)
 	$(BIN)/stitch matrix --sender timm:resnet18 --receiver timm:resnet34
 
+# Two workers (one torch thread each) on the 2-core machine; a test file's tests stay together.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -1,0 +1,29 @@
+"""examples/connectivity in miniature mode: the study runs end to end and records what it says."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "connectivity" / "run.py"
+
+
+def load_example():
+    spec = importlib.util.spec_from_file_location("example_connectivity", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_connectivity_mini_mode_writes_results_and_figure(tmp_path):
+    result = load_example().main(["--mini", "--out", str(tmp_path), "--threads", "1"])
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["layers"] == result["layers"]
+    assert [r["layer"] for r in saved["layers"]] == ["act1", "layer1", "layer2", "layer3", "layer4"]
+    for row in saved["layers"]:
+        for key in ("real_accuracy", "random_sender_accuracy", "cka"):
+            assert 0.0 <= row[key] <= 1.0 + 1e-6
+        # penalty = receiver's own accuracy − stitched accuracy, for both variants
+        own = saved["baselines"]["main"]["receiver_accuracy"]
+        assert abs(row["real_penalty"] - (own - row["real_accuracy"])) < 1e-9
+    assert saved["params"]["train_size"] == 200 and saved["commit"]
+    assert (tmp_path / "connectivity.png").read_bytes()[:4] == b"\x89PNG"
