@@ -573,19 +573,19 @@ def print_tables(result: dict) -> None:
             )
         console.print(table)
     t = result["text"]
-    table = Table(title="MiniLM into itself (match): 1 − R² / CKA / embedding cosine")
-    table.add_column("sender \\ receiver")
-    for c in t["cuts"]:
-        table.add_column(c["name"].replace("encoder.layer.", "L"), justify="right")
-    for row in t["rows"]:
-        table.add_row(
-            row["sender_cut"].replace("encoder.layer.", "L"),
-            *[
-                f"{c['relative_error']:.2f}/{_f2(c['cka'])}/{c['embedding_cosine']:.2f}"
-                for c in row["cells"]
-            ],
-        )
-    console.print(table)
+    short = lambda name: name.replace("encoder.layer.", "L")  # noqa: E731
+    for key, title in (
+        ("relative_error", "matching error 1 − R²"),
+        ("cka", "linear CKA"),
+        ("embedding_cosine", "sentence-embedding cosine"),
+    ):
+        table = Table(title=f"MiniLM into itself (match): {title}")
+        table.add_column("sender \\ receiver")
+        for c in t["cuts"]:
+            table.add_column(short(c["name"]), justify="right")
+        for row in t["rows"]:
+            table.add_row(short(row["sender_cut"]), *[_f2(c[key]) for c in row["cells"]])
+        console.print(table)
 
 
 def _pct(v) -> str:
@@ -618,6 +618,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = MINI if args.mini else FULL
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     start = time.perf_counter()
+    commit = _commit()  # the code that runs, even if HEAD moves while it does
     try:
         out.mkdir(parents=True, exist_ok=True)
         result = {"study": STUDY, "mode": "mini" if args.mini else "full", "params": p}
@@ -634,7 +635,7 @@ def main(argv: list[str] | None = None) -> dict:
     result.update(
         figures={k: str(v) for k, v in figures.items()},
         command="examples/pretrained/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        commit=_commit(), runtime_s=time.perf_counter() - start,
+        commit=commit, runtime_s=time.perf_counter() - start,
         threads=torch.get_num_threads(), date=time.strftime("%Y-%m-%d %H:%M %Z"),
     )  # fmt: skip
     (out / "results.json").write_text(json.dumps(result, indent=1))
