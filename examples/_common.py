@@ -40,7 +40,7 @@ def study_main(
         torch.set_num_threads(args.threads)
     out = Path(args.out or default_out)
     zoo = Path(args.zoo) if args.zoo else out / "zoo"
-    start = time.perf_counter()
+    start, at_commit = time.perf_counter(), commit()  # HEAD may move while a long run goes on
     try:
         out.mkdir(parents=True, exist_ok=True)
         result = run(out, zoo, args.mini, lambda m: print(m, file=sys.stderr))
@@ -49,7 +49,7 @@ def study_main(
         raise SystemExit(2) from None
     argv_text = " ".join(argv if argv is not None else sys.argv[1:])
     result.update(
-        command=f"python examples/{name}/run.py {argv_text}".strip(), commit=commit(),
+        command=f"python examples/{name}/run.py {argv_text}".strip(), commit=at_commit,
         runtime_s=time.perf_counter() - start, threads=torch.get_num_threads(),
         date=time.strftime("%Y-%m-%d %H:%M %Z"),
     )  # fmt: skip
