@@ -576,7 +576,9 @@ def plot(result: dict, out: Path) -> list[Path]:
                label="greyscale alone, on colour-only")  # fmt: skip
     ax.set(title="a sender without digits into an MNIST model\n(Section 4.2)")
     for ax in axes:
-        ax.set(xticks=x, xticklabels=names, xlabel="stitch point (before …)", ylim=(0, 103))
+        low = min(min(line.get_ydata()) for line in ax.lines)  # zoom in where all is high
+        ax.set(xticks=x, xticklabels=names, xlabel="stitch point (before …)",
+               ylim=(max(0, 10 * (low // 10) - 5), 101.5))  # fmt: skip
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower left")
     fig.suptitle(_caption(result))
@@ -722,7 +724,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else DEFAULT_OUT
     zoo = Path(args.zoo) if args.zoo else out / "zoo"
-    start = time.perf_counter()
+    start, head = time.perf_counter(), commit()  # the code that runs, even if HEAD moves
     try:
         out.mkdir(parents=True, exist_ok=True)
         result = Study(out, zoo, args.mini, lambda m: print(m, file=sys.stderr)).run()
@@ -732,7 +734,7 @@ def main(argv: list[str] | None = None) -> dict:
     argv_text = " ".join(argv if argv is not None else sys.argv[1:])
     result.update(
         command=f".venv/bin/python examples/{STUDY}/run.py {argv_text}".strip(),
-        commit=commit(),
+        commit=head,
         runtime_s=round(time.perf_counter() - start, 1),
         threads=torch.get_num_threads(),
         date=time.strftime("%Y-%m-%d %H:%M %Z"),
