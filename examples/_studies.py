@@ -8,10 +8,11 @@ the paper's claims differ, so the whole pipeline lives here and each ``run.py`` 
 its plan. Everything goes through the public API: ``stitchcore.zoo.ensure_trained`` for the base
 models, ``stitchcore.run_matrix`` for the stitches.
 
-One sender is always the *reference*: trained exactly like the receiver except for the seed.
-Stitch training itself can move accuracy a little (a few more optimisation steps on the
-receiver's top), so a sender's effect is best read against the reference row at the same layer
-(``penalty_vs_reference``).
+Two senders are always *references*: trained exactly like the receiver except for the seed (1
+and 2). Stitch training itself moves accuracy a little (a few more optimisation steps on the
+receiver's top, an imperfect fit between two seeds), so a sender's effect is best read against
+the first reference at the same layer (``penalty_vs_reference``), and the gap between the two
+references shows how far a penalty moves by chance alone.
 """
 
 from __future__ import annotations
@@ -64,7 +65,9 @@ class Plan:
     scale: Scale
     receiver: BaseModel
     senders: list[BaseModel]
-    reference: str  # key of the sender trained like the receiver but for the seed
+    #: keys of the senders trained like the receiver but for the seed; penalties are read
+    #: against the first, the spread between them shows how much a penalty moves by chance
+    references: tuple[str, ...]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -160,14 +163,15 @@ def run_plan(plan: Plan, out: Path, zoo: Path) -> dict:
         )  # fmt: skip
         matrix = stitchcore.run_matrix(cfg, out / "matrices" / m.key, force=True, log=log)
         senders.append({**models[m.key], "layers": _rows(matrix), **_baselines(matrix)})
-    ref = next(x for x in senders if x["key"] == plan.reference)
+    ref = next(x for x in senders if x["key"] == plan.references[0])
     for x in senders:
         for row, ref_row in zip(x["layers"], ref["layers"]):
             both = row["penalty"] is not None and ref_row["penalty"] is not None
             row["penalty_vs_reference"] = row["penalty"] - ref_row["penalty"] if both else None
     return {
         "setup": {"model": MODEL, "cuts": CUTS, **asdict(s), "stitch": stitch.to_json()},
-        "reference": plan.reference,
+        "reference": plan.references[0],
+        "references": list(plan.references),
         "receiver": receiver,
         "senders": senders,
         "timings": {
@@ -213,8 +217,11 @@ def plot(result: dict, path: Path) -> Path:
     fig = Figure(figsize=(11, 4.2))
     ax, ax2 = fig.subplots(1, 2)
     for s in result["senders"]:
-        ref = s["key"] == result["reference"]
-        style = {"color": "black", "ls": "--", "marker": "s"} if ref else {"marker": "o"}
+        refs = result["references"]
+        style = {"marker": "o"}
+        if s["key"] in refs:
+            grey = str(0.55 * refs.index(s["key"]) / max(1, len(refs) - 1))
+            style = {"color": grey, "ls": "--", "marker": "s"}
         label = f"{s['label']} (own acc. {100 * s['test_accuracy']:.1f} %)"
         pen = [None if r["penalty"] is None else 100 * r["penalty"] for r in s["layers"]]
         ax.plot(x, pen, label=label, **style)

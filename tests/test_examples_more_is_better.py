@@ -27,9 +27,12 @@ def test_more_is_better_mini_mode_writes_results_and_figure(tmp_path):
     assert saved["command"].endswith(f"--mini --out {out} --zoo {zoo}")
     # the receiver and the four senders, trained on the sizes the plan names, in the given zoo
     sizes = {s["key"]: (s["train_size"], s["epochs"]) for s in saved["senders"]}
-    assert sizes == {"less-data": (100, 1), "reference": (200, 1), "more-data": (300, 1),
-                     "longer": (200, 2)}  # fmt: skip
+    assert sizes == {"less-data": (100, 1), "reference": (200, 1), "reference-2": (200, 1),
+                     "more-data": (300, 1), "longer": (200, 2)}  # fmt: skip
     assert saved["receiver"]["train_size"] == 200 and saved["receiver"]["seed"] == 0
+    assert saved["references"] == ["reference", "reference-2"]
+    seeds = {s["key"]: s["seed"] for s in saved["senders"]}
+    assert seeds["reference"] == 1 and seeds["reference-2"] == 2
     assert all((zoo / f"{s['name']}.safetensors").is_file() for s in saved["senders"])
     for sender in saved["senders"]:
         assert [r["layer"] for r in sender["layers"]] == LAYERS  # one row per stage boundary

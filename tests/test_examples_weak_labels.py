@@ -24,9 +24,9 @@ def test_weak_labels_mini_mode_writes_results_and_figure(tmp_path):
     assert saved == json.loads(json.dumps(result))
     assert saved["study"] == "weak-labels" and saved["mode"] == "mini" and saved["commit"]
     labels = {s["key"]: (s["label_noise"], s["coarse"]) for s in saved["senders"]}
-    assert labels == {"reference": (0.0, False), "noise-0.1": (0.1, False),
-                      "noise-0.5": (0.5, False), "noise-1.0": (1.0, False),
-                      "coarse": (0.0, True)}  # fmt: skip
+    assert labels == {"reference": (0.0, False), "reference-2": (0.0, False),
+                      "noise-0.1": (0.1, False), "noise-0.5": (0.5, False),
+                      "noise-1.0": (1.0, False), "coarse": (0.0, True)}  # fmt: skip
     # the zoo records what each sender was trained on: the label options really reached training
     for sender in saved["senders"]:
         record = json.loads((zoo / f"{sender['name']}.json").read_text())

@@ -1,7 +1,7 @@
 """More is better (Bansal et al. 2021, §6, Fig. 2C and 3B), with CKA beside it (Table 1).
 
-A ResNet-18 receiver trained on few images; ResNet-18 senders trained on fewer, as many (the
-reference: same data, other seed), four times as many, and on as many for twice as long. Each
+A ResNet-18 receiver trained on few images; ResNet-18 senders trained on fewer, as many (two
+references: same data, other seeds), four times as many, and on as many for twice as long. Each
 sender is stitched into the receiver at every stage boundary (BN → 1×1 conv → BN, least-squares
 init, then trained on the receiver's task and training images) and the penalty (receiver −
 stitched accuracy; negative = the sender *improves* the receiver) and linear CKA are read per
@@ -42,8 +42,8 @@ PAPER = {
 
 
 def plan(mini: bool) -> Plan:
-    """Full: receiver on 2k images × 4 epochs; senders on 1k, 2k (reference), 8k images × 4
-    epochs and 2k × 8 epochs. Mini: 100-300 images, 1 epoch (2 for "longer"), quarter width, 16 px.
+    """Full: receiver on 2k images × 4 epochs; senders on 1k, 2k (two references), 8k images ×
+    4 epochs and 2k × 8 epochs. Mini: 100-300 images, 1 epoch (2 for "longer"), quarter width, 16 px.
     """
     n, more, epochs = (200, 300, 1) if mini else (2000, 8000, 4)
     scale = Scale(
@@ -56,11 +56,12 @@ def plan(mini: bool) -> Plan:
         receiver=BaseModel("receiver", f"{n} images, {epochs} ep", n, epochs, seed=0),
         senders=[
             BaseModel("less-data", f"{n // 2} images (less data)", n // 2, epochs),
-            BaseModel("reference", f"{n} images (reference, other seed)", n, epochs),
+            BaseModel("reference", f"{n} images (reference, seed 1)", n, epochs),
+            BaseModel("reference-2", f"{n} images (reference, seed 2)", n, epochs, seed=2),
             BaseModel("more-data", f"{more} images (more data)", more, epochs),
             BaseModel("longer", f"{n} images, {2 * epochs} ep (longer)", n, 2 * epochs),
         ],
-        reference="reference",
+        references=("reference", "reference-2"),
     )
 
 

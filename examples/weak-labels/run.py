@@ -2,7 +2,7 @@
 
 A normally trained ResNet-18 receiver; ResNet-18 senders trained on the same images with
 "less informative" labels: 10 %, 50 % and 100 % of the training labels replaced by random ones,
-and the dataset's coarse labels; plus the reference sender, trained exactly like the receiver
+and the dataset's coarse labels; plus two reference senders, trained exactly like the receiver
 but for the seed. Each sender is stitched into the receiver at every stage boundary (BN → 1×1
 conv → BN, least-squares init, then trained on the receiver's task with clean labels) and the
 penalty (receiver − stitched accuracy) and linear CKA are read per layer. The paper: even with
@@ -53,13 +53,14 @@ def plan(mini: bool) -> Plan:
         scale=scale,
         receiver=BaseModel("receiver", f"clean labels, {n} images", n, epochs, seed=0),
         senders=[
-            BaseModel("reference", "clean labels (reference, other seed)", n, epochs),
+            BaseModel("reference", "clean labels (reference, seed 1)", n, epochs),
+            BaseModel("reference-2", "clean labels (reference, seed 2)", n, epochs, seed=2),
             BaseModel("noise-0.1", "10 % random labels", n, epochs, label_noise=0.1),
             BaseModel("noise-0.5", "50 % random labels", n, epochs, label_noise=0.5),
             BaseModel("noise-1.0", "100 % random labels", n, epochs, label_noise=1.0),
             BaseModel("coarse", "coarse labels", n, epochs, coarse=True),
         ],
-        reference="reference",
+        references=("reference", "reference-2"),
     )
 
 
