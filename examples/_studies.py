@@ -222,7 +222,8 @@ def plot(result: dict, path: Path) -> Path:
         if s["key"] in refs:
             grey = str(0.55 * refs.index(s["key"]) / max(1, len(refs) - 1))
             style = {"color": grey, "ls": "--", "marker": "s"}
-        label = f"{s['label']} (own acc. {100 * s['test_accuracy']:.1f} %)"
+        task = ", coarse task" if s["coarse"] else ""
+        label = f"{s['label']} (own acc. {100 * s['test_accuracy']:.1f} %{task})"
         pen = [None if r["penalty"] is None else 100 * r["penalty"] for r in s["layers"]]
         ax.plot(x, pen, label=label, **style)
         ax2.plot(x, [r["cka"] for r in s["layers"]], label=s["label"], **style)
