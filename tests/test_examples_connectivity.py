@@ -1,21 +1,12 @@
 """examples/connectivity in miniature mode: the study runs end to end and records what it says."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "connectivity" / "run.py"
-
-
-def load_example():
-    spec = importlib.util.spec_from_file_location("example_connectivity", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from example_studies import load_study
 
 
 def test_connectivity_mini_mode_writes_results_and_figure(tmp_path):
-    result = load_example().main(["--mini", "--out", str(tmp_path), "--threads", "1"])
+    result = load_study("connectivity").main(["--mini", "--out", str(tmp_path), "--threads", "1"])
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["layers"] == result["layers"]
     assert [r["layer"] for r in saved["layers"]] == ["act1", "layer1", "layer2", "layer3", "layer4"]

@@ -1,17 +1,12 @@
 """examples/cross-depth in miniature mode: a 3 × 3 ResNet-18 × ResNet-34 grid with all controls."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "cross-depth" / "run.py"
+from example_studies import load_study
 
 
 def test_cross_depth_mini_mode_writes_four_grids_and_the_heatmap(tmp_path):
-    spec = importlib.util.spec_from_file_location("example_cross_depth", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main(["--mini", "--out", str(tmp_path), "--threads", "1"])
+    load_study("cross-depth").main(["--mini", "--out", str(tmp_path), "--threads", "1"])
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["sender_cuts"] == saved["receiver_cuts"] == ["act1", "layer2", "layer4"]
     assert set(saved["accuracy"]) == {"main", "random-sender", "random-receiver", "random-both"}

@@ -1,25 +1,16 @@
 """examples/more-is-better in miniature mode: it runs end to end and writes what it says."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from example_studies import load_study
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "more-is-better" / "run.py"
 LAYERS = ["act1", "layer1", "layer2", "layer3", "layer4"]
-
-
-def load_example():
-    spec = importlib.util.spec_from_file_location("example_more_is_better", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_more_is_better_mini_mode_writes_results_and_figure(tmp_path):
     out, zoo = tmp_path / "out", tmp_path / "zoo"
-    result = load_example().main(["--mini", "--out", str(out), "--zoo", str(zoo)])
+    result = load_study("more-is-better").main(["--mini", "--out", str(out), "--zoo", str(zoo)])
     saved = json.loads((out / "results.json").read_text())
     assert saved == json.loads(json.dumps(result))
     assert saved["study"] == "more-is-better" and saved["mode"] == "mini"
@@ -56,7 +47,7 @@ def test_more_is_better_mini_mode_writes_results_and_figure(tmp_path):
 
 def test_more_is_better_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        load_example().main(["--threads", "0", "--out", str(tmp_path)])
+        load_study("more-is-better").main(["--threads", "0", "--out", str(tmp_path)])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err

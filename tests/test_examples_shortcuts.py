@@ -4,27 +4,19 @@ epoch on 300 images cannot reproduce it; the full run in docs/results/shortcuts.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from example_studies import load_study
 
-RUN = Path(__file__).resolve().parents[1] / "examples" / "shortcuts" / "run.py"
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def _load_study():
-    spec = importlib.util.spec_from_file_location("shortcuts_run", RUN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def study():
-    return _load_study()
+    return load_study("shortcuts")
 
 
 @pytest.fixture(scope="module")

@@ -1,25 +1,16 @@
 """examples/weak-labels in miniature mode: it runs end to end and writes what it says."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from example_studies import load_study
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "weak-labels" / "run.py"
 LAYERS = ["act1", "layer1", "layer2", "layer3", "layer4"]
-
-
-def load_example():
-    spec = importlib.util.spec_from_file_location("example_weak_labels", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_weak_labels_mini_mode_writes_results_and_figure(tmp_path):
     out, zoo = tmp_path / "out", tmp_path / "zoo"
-    result = load_example().main(["--mini", "--out", str(out), "--zoo", str(zoo)])
+    result = load_study("weak-labels").main(["--mini", "--out", str(out), "--zoo", str(zoo)])
     saved = json.loads((out / "results.json").read_text())
     assert saved == json.loads(json.dumps(result))
     assert saved["study"] == "weak-labels" and saved["mode"] == "mini" and saved["commit"]
@@ -53,7 +44,7 @@ def test_weak_labels_unwritable_out_is_one_line_and_exit_code_2(tmp_path, capsys
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     with pytest.raises(SystemExit) as exc:
-        load_example().main(["--mini", "--out", str(blocker / "out")])
+        load_study("weak-labels").main(["--mini", "--out", str(blocker / "out")])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err
