@@ -86,12 +86,11 @@ class LeastSquares:
         y = (y.to(torch.float64) - self._shift_y).to(dtype)
         self.rows += x.shape[0]
         if self._kept is not None:
-            self._kept.append((x.to(torch.float64), y.to(torch.float64)))
+            self._kept.append((x, y))
             if self.rows <= x.shape[1]:
                 return
             kept, self._kept = self._kept, None  # tall problem: from now on only the sums
             x, y = torch.cat([k[0] for k in kept]), torch.cat([k[1] for k in kept])
-            x, y = x.to(dtype), y.to(dtype)
         if self._sxx is None:
             d_in, d_out = x.shape[1], y.shape[1]
             f64 = torch.float64
@@ -141,18 +140,21 @@ class LeastSquares:
 
     def _solve_dual(self, ridge: float, max_condition: float) -> AffineFit:
         """The same ridge solution from the n × n Gram matrix (n ≤ d: the covariance is singular,
-        so the ridge is at least the fallback floor, as in :meth:`solve`)."""
+        so the ridge is at least the fallback floor, as in :meth:`solve`). Products in the rows'
+        precision (as for the sums of the primal), the n × n solve in float64."""
+        f64 = torch.float64
         x = torch.cat([k[0] for k in self._kept])
-        y = torch.cat([k[1] for k in self._kept])
+        y = torch.cat([k[1] for k in self._kept]).to(f64)
         n, d = x.shape
-        mx, my = x.mean(0), y.mean(0)
-        x, y = x - mx, y - my
-        scale = max(float(x.pow(2).sum()) / (n * d), torch.finfo(torch.float64).tiny)
+        mx, my = x.mean(0, dtype=f64), y.mean(0)
+        x, y = (x.to(f64) - mx).to(x.dtype), y - my
+        scale = max(float(x.pow(2).sum(dtype=f64)) / (n * d), torch.finfo(f64).tiny)
         alpha = max(float(ridge) * scale, scale / max_condition)
-        gram = x @ x.T / n + alpha * torch.eye(n, dtype=torch.float64)
-        weight = (x.T @ _spd_solve(gram, y / n)).T.contiguous()  # (d_out, d_in)
+        gram = (x @ x.T).to(f64) / n + alpha * torch.eye(n, dtype=f64)
+        dual = _spd_solve(gram, y / n).to(x.dtype)
+        weight = (x.T @ dual).to(f64).T.contiguous()  # (d_out, d_in)
         mean_x, mean_y = mx + self._shift_x, my + self._shift_y
-        z = x @ weight.T
+        z = (x @ weight.T.to(x.dtype)).to(f64)
         return AffineFit(
             weight, mean_y - weight @ mean_x, alpha, weight @ mean_x, z.pow(2).mean(0), n
         )

@@ -77,9 +77,8 @@ class ConvStitch(PendingIdentity, nn.Module):
 
     # ---------------------------------------------------------------- closed-form fits
     def _rows(self, x_hat: torch.Tensor) -> torch.Tensor:
-        """Least-squares rows: one per output position, the receptive field flattened in the
-        conv weight's (C, kh, kw) order."""
-        x_hat = self.upsample(x_hat)
+        """Least-squares rows: one per conv output position, the receptive field flattened in
+        the conv weight's (C, kh, kw) order (for upsample_conv: one per *sender* position)."""
         cols = F.unfold(x_hat, kernel_size=self.kernel, stride=self.kernel)
         return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
@@ -95,6 +94,12 @@ class ConvStitch(PendingIdentity, nn.Module):
         for start in range(0, xs.shape[0], FIT_CHUNK):
             x_hat = normalise(xs[start : start + FIT_CHUNK], self.bn_in)
             y = ys[start : start + FIT_CHUNK]
+            if self.scale != (1, 1):
+                # Nearest upsampling repeats each sender position over a k×k block, so the fit
+                # on upsampled rows equals the fit of the sender positions to the receiver's
+                # block means (the within-block spread of y is a constant of the loss): same
+                # solution, k² fewer rows.
+                y = F.avg_pool2d(y, self.scale)
             ls.add(self._rows(x_hat), y.flatten(2).transpose(1, 2).reshape(-1, y.shape[1]))
         self._apply(ls.solve(ridge=self.ridge))
         self.pending_identity = False

@@ -1,0 +1,23 @@
+"""Memory layout for speed: convolutional networks in channels-last (NHWC) order.
+
+oneDNN's 2-D convolutions run markedly faster on channels-last tensors on a CPU: a frozen
+ResNet-34 suffix at batch 640 took 1.15 s instead of 1.80 s for forward + input-gradient
+backward, and 0.55 s instead of 1.0 s forward only (benchmarks/README.md). Converting a module
+only changes the strides of its 4-D parameters and buffers: the values, the Parameter objects
+and the outputs (to float rounding) stay the same, and inputs in either layout are accepted.
+
+Training a whole network (``stitch train``) gained nothing from it here (ResNet-34 on digits:
+19.4 s per epoch either way), so only the frozen copies the engine cuts are converted.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def fast_layout(module: nn.Module) -> nn.Module:
+    """Put ``module`` (in place) in channels-last order when it has 2-D convolutions."""
+    if any(isinstance(m, nn.Conv2d) for m in module.modules()):
+        module.to(memory_format=torch.channels_last)
+    return module
