@@ -32,6 +32,17 @@ class Member:
     sender: object  # store with take(idx)
     failed: str | None = None
     history: list[float] = field(default_factory=list)
+    #: the module's random-init state, to learn from scratch when its closed form does not
+    #: start solved and ``unsolved_epochs`` is set (None: keep the closed form)
+    scratch: dict | None = None
+    fine_tuned: bool = False  # its closed form started solved (stitching.starts_solved)
+    from_scratch: bool = False  # restarted from ``scratch``
+    epochs: int = 0  # epochs it trains (StitchConfig.epochs_for)
+
+
+def scratch_state(module: nn.Module) -> dict:
+    """A copy of a freshly built stitch's state (its random init)."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
 @contextmanager
@@ -67,23 +78,41 @@ def train_group(
     active = [
         m for m in members if m.trainable and any(p.requires_grad for p in m.module.parameters())
     ]
-    if not active or cfg.epochs == 0:
+    if not active or max(cfg.epochs, cfg.unsolved_epochs or 0) == 0:
         return
     n = len(labels)
-    total = cfg.epochs * max(1, math.ceil(n / cfg.batch_size))
+    steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
     solved = _starts_solved(active, suffix, labels, cfg, target, context)
-    opt, sched = optimizer([m.module for m in active], cfg, total, solved)
+    for m, ok in zip(active, solved):
+        m.fine_tuned, m.epochs = ok, cfg.epochs_for(ok)
+        if not ok and m.scratch is not None and cfg.init != "random":
+            # a closed form no better than chance is a poor start (its loss is often far above
+            # chance): learn from the family's random init, as with --init random
+            m.module.load_state_dict(m.scratch)
+            m.from_scratch = True
+    active = [m for m in active if m.epochs > 0]
+    if not active:
+        return
+    epochs = max(m.epochs for m in active)
+    total = epochs * steps_per_epoch
+    opt, sched = optimizer(
+        [m.module for m in active],
+        cfg,
+        [m.epochs * steps_per_epoch for m in active],
+        [m.fine_tuned for m in active],
+    )
     gen = torch.Generator().manual_seed(cfg.seed)
     for m in active:
         m.module.train()
     with frozen_weights(suffix):  # only the stitches learn; no weight grads
         step = 0
-        for _ in range(cfg.epochs):
+        for epoch in range(epochs):
             sums = {id(m): [0.0, 0] for m in active}
             order = torch.randperm(n, generator=gen)
             for start in range(0, n, cfg.batch_size):
                 idx = order[start : start + cfg.batch_size]
-                live = [m for m in active if m.failed is None]
+                # a member whose epochs are done gets no gradient, so Adam leaves it alone
+                live = [m for m in active if m.failed is None and epoch < m.epochs]
                 if len(idx) < 2 or not live:
                     continue
                 losses = _group_losses(live, suffix, idx, labels, cfg.objective, target, context)
@@ -109,7 +138,7 @@ def train_group(
                     on_step(step, total)
             for m in active:
                 s, k = sums[id(m)]
-                if m.failed is None:
+                if m.failed is None and epoch < m.epochs:
                     m.history.append(s / max(1, k))
     for m in active:
         m.module.eval()

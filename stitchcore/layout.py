@@ -17,7 +17,13 @@ from torch import nn
 
 
 def fast_layout(module: nn.Module) -> nn.Module:
-    """Put ``module`` (in place) in channels-last order when it has 2-D convolutions."""
-    if any(isinstance(m, nn.Conv2d) for m in module.modules()):
-        module.to(memory_format=torch.channels_last)
+    """Put the weights of ``module``'s 2-D convolutions in channels-last order (in place).
+
+    Only convolution weights: their layout is what oneDNN follows, and ``module.to(memory_format=
+    ...)`` would fail on models holding 5-D buffers (Swin's attention masks, for one).
+    """
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.Conv2d) and m.weight.dim() == 4:
+                m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
     return module

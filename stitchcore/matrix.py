@@ -30,7 +30,7 @@ from .cuts import Cut, Cutter
 from .datasets import DataSplits, adapt
 from .errors import StitchError
 from .families import resolve_family
-from .group import Member, evaluate_group, train_group
+from .group import Member, evaluate_group, scratch_state, train_group
 from .pair import Side
 from .sources import LoadedModel
 from .stitching import StitchConfig, head_fits, logits_of
@@ -323,6 +323,8 @@ class Matrix:
             try:
                 torch.manual_seed(cell_seed(cfg.seed, variant, i, j))
                 module = fam.build(s_cut.spec, r_cut.spec, **cfg.family_options)
+                # kept to learn from scratch should the closed form not solve (--unsolved-epochs)
+                scratch = scratch_state(module) if cfg.unsolved_epochs is not None else None
                 if cfg.init == "identity":
                     fam.init_identity(module)
                 elif cfg.init == "lstsq" or not fam.trainable:
@@ -333,7 +335,7 @@ class Matrix:
             except (StitchError, RuntimeError, ValueError) as exc:
                 cell.update(status="failed", reason=f"init: {exc}")
                 continue
-            members.append(Member((i, j), module, fam.trainable, acts["train"][i]))
+            members.append(Member((i, j), module, fam.trainable, acts["train"][i], scratch=scratch))
         self._train_and_score(members, cells, suffix, acts, target)
         if self.cfg.cka and variant == "main":
             self._cka_column(variant, j, r_side, r_cut, acts, cells)
@@ -371,6 +373,8 @@ class Matrix:
                 continue
             ev = after[m.key]
             ra = cell["receiver_accuracy"]
+            if m.trainable:
+                cell.update(epochs=m.epochs, fine_tuned=m.fine_tuned, from_scratch=m.from_scratch)
             cell.update(
                 init_accuracy=before[m.key]["accuracy"],
                 stitched_accuracy=ev["accuracy"],

@@ -106,6 +106,8 @@ class StitchConfig:
     seed: int = 0
     init_samples: int = 2048
     family_options: dict = field(default_factory=dict)
+    #: at least this many epochs for a stitch that learns from scratch (see :meth:`epochs_for`)
+    unsolved_epochs: int | None = None
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -114,6 +116,17 @@ class StitchConfig:
             raise StitchError(f"unknown init {self.init!r}; choose from {INITS}")
         if self.epochs < 0 or self.batch_size < 2 or self.lr <= 0:
             raise StitchError("epochs must be ≥ 0, batch size ≥ 2 and lr > 0")
+        if self.unsolved_epochs is not None and self.unsolved_epochs < 0:
+            raise StitchError(f"unsolved epochs must be ≥ 0, got {self.unsolved_epochs}")
+
+    def epochs_for(self, solved: bool) -> int:
+        """Epochs of one stitch: ``epochs``, or at least ``unsolved_epochs`` for a stitch that
+        learns from scratch (random init, or a closed form that does not :func:`starts_solved`):
+        a least-squares stitch is fine after one epoch where it fits, while one whose closed form
+        is at chance needs the many epochs of Bansal et al.'s recipe."""
+        if solved or self.unsolved_epochs is None:
+            return self.epochs
+        return max(self.epochs, self.unsolved_epochs)
 
     def to_json(self) -> dict:
         return {
@@ -126,6 +139,12 @@ class StitchConfig:
             "seed": self.seed,
             "init_samples": self.init_samples,
             "family_options": self.family_options,
+            # only when set: configurations (and result directories) from before it stay valid
+            **(
+                {"unsolved_epochs": self.unsolved_epochs}
+                if self.unsolved_epochs is not None
+                else {}
+            ),
         }
 
 
@@ -200,16 +219,20 @@ def train_stitch(
 ) -> list[float]:
     """Train the stitch with Adam + cosine decay; return the mean loss of each epoch."""
     params = [p for p in stitch.parameters() if p.requires_grad]
-    if not family.trainable or not params or cfg.epochs == 0:
+    if not family.trainable or not params:
+        return []
+    solved = _starts_solved(stitch, suffix, data, cfg)
+    epochs = cfg.epochs_for(solved)
+    if epochs == 0:
         return []
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     steps_per_epoch = max(1, math.ceil(len(data) / cfg.batch_size))
-    total = cfg.epochs * steps_per_epoch
-    opt, sched = optimizer([stitch], cfg, total, [_starts_solved(stitch, suffix, data, cfg)])
+    total = epochs * steps_per_epoch
+    opt, sched = optimizer([stitch], cfg, [total], [solved])
     stitch.train()
     history, step = [], 0
-    for _ in range(cfg.epochs):
+    for _ in range(epochs):
         losses = []
         for idx in _batches(len(data), cfg.batch_size, gen):
             loss = _loss(stitch, suffix, data, idx, cfg.objective)
@@ -262,8 +285,10 @@ def starts_solved(cfg: StitchConfig, loss: float, num_classes: int) -> bool:
     return cfg.objective == "match" or loss < 0.5 * math.log(max(2, num_classes))
 
 
-def optimizer(stitches: list[nn.Module], cfg: StitchConfig, total_steps: int, solved: list[bool]):
-    """Adam with cosine decay to 0 over ``total_steps``.
+def optimizer(
+    stitches: list[nn.Module], cfg: StitchConfig, total_steps: list[int], solved: list[bool]
+):
+    """Adam with cosine decay to 0 over each stitch's ``total_steps``.
 
     A stitch that learns from scratch gets ``cfg.lr`` everywhere (Bansal et al.'s recipe). One
     that :func:`starts_solved` is fine-tuned, and Adam's first steps move every weight by about
@@ -279,20 +304,22 @@ def optimizer(stitches: list[nn.Module], cfg: StitchConfig, total_steps: int, so
     """
     lrs = [fine_tune_lr(cfg.lr) if ok else cfg.lr for ok in solved]
     opt = torch.optim.Adam(param_groups(stitches, lrs), lr=cfg.lr)
-    warm = [int(FINE_TUNE_WARMUP * total_steps) if ok else 0 for ok in solved]
-    # one schedule per parameter group, following its stitch's warm-up
+    # one schedule per parameter group, following its stitch's length and warm-up
     per_group = [
-        w for stitch, w in zip(stitches, warm) for p in stitch.parameters() if p.requires_grad
+        (max(1, total), int(FINE_TUNE_WARMUP * total) if ok else 0)
+        for stitch, total, ok in zip(stitches, total_steps, solved)
+        for p in stitch.parameters()
+        if p.requires_grad
     ]
 
-    def schedule(warm_steps: int):
+    def schedule(total: int, warm_steps: int):
         def factor(s: int) -> float:
             ramp = min(1.0, (s + 1) / (warm_steps + 1))
-            return ramp * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
+            return ramp * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
 
         return factor
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, [schedule(w) for w in per_group])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, [schedule(*g) for g in per_group])
     return opt, sched
 
 

@@ -161,6 +161,31 @@ class NaNFamily(StitchFamily):
         pass
 
 
+def test_unsolved_cells_learn_from_scratch_for_unsolved_epochs(specs, tmp_path):
+    # layer4 → layer1 is an upsample_conv cell whose least-squares init is at chance; with
+    # --unsolved-epochs it must train exactly as --init random does, while the solved conv1x1
+    # cell keeps its closed form and its single epoch.
+    cuts = ["--sender-cuts", "layer4", "--receiver-cuts", "layer1,layer4", "--no-cka"]
+
+    def cells(name, *extra):
+        res = CliRunner().invoke(cli, base_args(specs, tmp_path / name, *cuts, *extra))
+        assert res.exit_code == 0, res.output
+        matrix = json.loads((tmp_path / name / "matrix.json").read_text())
+        return {c["receiver_cut"]: c for c in matrix["cells"]}
+
+    mixed = cells("mixed", "--unsolved-epochs", "2")
+    scratch = cells("random", "--init", "random", "--epochs", "2")
+    up, same = mixed["layer1"], mixed["layer4"]
+    assert (up["family"], same["family"]) == ("upsample_conv", "conv1x1")
+    assert up["init_accuracy"] < 0.3 and same["init_accuracy"] > 0.8
+    assert (up["fine_tuned"], up["from_scratch"], up["epochs"]) == (False, True, 2)
+    assert (same["fine_tuned"], same["from_scratch"], same["epochs"]) == (True, False, 1)
+    ref = scratch["layer1"]
+    assert ref["epochs"] == 2 and not ref["from_scratch"]
+    assert up["train_loss"] == pytest.approx(ref["train_loss"], rel=1e-3)
+    assert up["stitched_accuracy"] == pytest.approx(ref["stitched_accuracy"], abs=0.01)
+
+
 def test_unstitchable_and_diverging_cells_are_recorded_and_the_matrix_goes_on(
     specs, tmp_path, register_plugin
 ):

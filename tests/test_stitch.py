@@ -78,7 +78,7 @@ def test_optimizer_fine_tunes_only_stitches_that_start_solved():
 
     cfg = StitchConfig()
     wide, narrow = nn.Conv2d(256, 8, 2), nn.Conv2d(16, 8, 1)  # fan-in 1,024 and 16
-    opt, sched = optimizer([wide, narrow], cfg, total_steps=8, solved=[True, False])
+    opt, sched = optimizer([wide, narrow], cfg, total_steps=[8, 8], solved=[True, False])
     lrs = [g["lr"] for g in opt.param_groups]
     assert lrs[0] == pytest.approx(1e-3 * 64 / 1024 / 3)  # fan-in scaled, warm-up 1/3 at step 0
     assert lrs[1] == pytest.approx(1e-3 / 3)  # the bias: full lr, warming up

@@ -59,6 +59,9 @@ def default_out(sender: str, receiver: str, data: str) -> Path:
 @click.option("--objective", type=click.Choice(OBJECTIVES), default="task", show_default=True)
 @click.option("--init", "init", type=click.Choice(INITS), default="lstsq", show_default=True)
 @click.option("--epochs", type=int, default=1, show_default=True, help="Stitch training epochs.")
+@click.option("--unsolved-epochs", type=int, default=None,
+              help="At least N epochs for stitches that learn from scratch (random init, or a "
+                   "least-squares init at chance, e.g. upsample_conv cells).")  # fmt: skip
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -114,6 +117,7 @@ def matrix_command(**opts) -> None:
             objective=opts["objective"],
             init=opts["init"],
             epochs=opts["epochs"],
+            unsolved_epochs=opts["unsolved_epochs"],
             batch_size=opts["batch_size"],
             lr=opts["lr"],
             seed=opts["seed"],
