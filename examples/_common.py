@@ -1,20 +1,33 @@
 """What the reproduction studies under examples/ share: the command line and the record.
 
-Each study's ``run.py`` defines ``run(out, zoo, mini, log) -> dict``, ``plot(result, out)`` and
-``table(result) -> str`` and hands them to :func:`study_main`, which parses ``--mini / --out /
---zoo / --threads``, turns a StitchError into one line and exit code 2, and writes
-``results.json`` with the command, commit, runtime, thread count and date beside the numbers.
+A study's ``run.py`` defines ``run(out, zoo, mini, log) -> dict``, ``plot(result, out)`` (the
+figures it wrote) and ``table(result)`` (a string or a rich renderable) and hands them to
+:func:`study_main`, which parses ``--mini / --out / --zoo / --threads`` (a bad argument is one
+line and exit code 2), turns a StitchError into one line and exit code 2, and writes
+``results.json`` with the study, mode, command, commit, wall and CPU time, thread count, load
+and date beside the numbers. Miniature runs go to their own default directory, so they never
+overwrite a full run's results.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+OUT_ROOT = Path("/tmp/stitchcore-examples")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit code 2, no usage dump
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def study_main(
@@ -22,43 +35,62 @@ def study_main(
     description: str,
     run: Callable[[Path, Path, bool, Callable[[str], None]], dict],
     plot: Callable[[dict, Path], list[Path]],
-    table: Callable[[dict], str],
+    table: Callable[[dict], object],
     argv: list[str] | None,
 ) -> dict:
-    default_out = f"/tmp/stitchcore-examples/{name}"
-    ap = argparse.ArgumentParser(prog=f"examples/{name}/run.py", description=description)
+    ap = _Parser(prog=f"examples/{name}/run.py", description=description)
     ap.add_argument("--mini", action="store_true", help="miniature mode (tiny subsets, 1 epoch)")
-    ap.add_argument("--out", default=None, help=f"output directory (default {default_out})")
-    ap.add_argument("--zoo", default=None, help="zoo for the base models (default: OUT/zoo)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--out", help=f"output directory (default {OUT_ROOT}/{name}[-mini])")
+    ap.add_argument("--zoo", help="zoo for the base models (default: OUT/zoo)")
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     args = ap.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        ap.error(f"--threads must be at least 1, got {args.threads}")
     import torch
 
     from stitchcore.errors import StitchError
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = Path(args.out or default_out)
-    zoo = Path(args.zoo) if args.zoo else out / "zoo"
-    start, at_commit = time.perf_counter(), commit()  # HEAD may move while a long run goes on
+    out = Path(args.out or OUT_ROOT / (name + "-mini" * args.mini)).expanduser()
+    zoo = Path(args.zoo).expanduser() if args.zoo else out / "zoo"
+    argv_text = shlex.join(sys.argv[1:] if argv is None else argv)
+    # HEAD may move while a long run goes on: the commit is read at the start
+    wall, cpu, load, at_commit = (
+        time.perf_counter(),
+        time.process_time(),
+        os.getloadavg()[0],
+        commit(),
+    )
     try:
         out.mkdir(parents=True, exist_ok=True)
-        result = run(out, zoo, args.mini, lambda m: print(m, file=sys.stderr))
+        numbers = run(out, zoo, args.mini, lambda m: print(m, file=sys.stderr))
     except (StitchError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         raise SystemExit(2) from None
-    argv_text = " ".join(argv if argv is not None else sys.argv[1:])
-    result.update(
-        command=f"python examples/{name}/run.py {argv_text}".strip(), commit=at_commit,
-        runtime_s=time.perf_counter() - start, threads=torch.get_num_threads(),
-        date=time.strftime("%Y-%m-%d %H:%M %Z"),
-    )  # fmt: skip
-    figures = plot(result, out)
-    result["figures"] = [str(f) for f in figures]
-    (out / "results.json").write_text(json.dumps(result, indent=1))
-    print(table(result))
-    print(f"results: {out / 'results.json'}, figures: {', '.join(f.name for f in figures)} "
-          f"({result['runtime_s']:.0f} s)")  # fmt: skip
+    result = {
+        "study": name,
+        "mode": "mini" if args.mini else "full",
+        **numbers,
+        "command": f".venv/bin/python examples/{name}/run.py {argv_text}".strip(),
+        "commit": at_commit,
+        "runtime_s": round(time.perf_counter() - wall, 1),
+        "cpu_s": round(time.process_time() - cpu, 1),
+        "threads": torch.get_num_threads(),
+        "load_average_1min": [round(load, 2), round(os.getloadavg()[0], 2)],
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+    }
+    result["figures"] = [Path(f).name for f in plot(result, out)]
+    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    shown = table(result)
+    if isinstance(shown, str):
+        print(shown)
+    else:
+        from rich.console import Console
+
+        Console(width=160).print(shown)
+    print(f"results: {out / 'results.json'}, figures: {', '.join(result['figures'])} "
+          f"({result['runtime_s']:.0f} s wall)")  # fmt: skip
     return result
 
 

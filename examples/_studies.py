@@ -17,21 +17,17 @@ references shows how far a penalty moves by chance alone.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from _common import study_main as common_main
+
 MODEL = "timm:resnet18"
 #: The stem and the end of each residual stage of timm's resnet18 (``stitch cuts timm:resnet18``).
 CUTS = ["act1", "layer1", "layer2", "layer3", "layer4"]
-OUT_ROOT = Path("/tmp/stitchcore-examples")
 
 
 @dataclass(frozen=True)
@@ -70,58 +66,19 @@ class Plan:
     references: tuple[str, ...]
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit code 2, no usage dump
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def study_main(
     study: str, doc: str, plan: Callable[[bool], Plan], paper: dict, argv: list[str] | None
 ) -> dict:
-    """Parse ``[--mini] [--out DIR] [--zoo DIR] [--threads N]``, run, write, plot, print."""
-    ap = _Parser(prog=f"examples/{study}/run.py", description=doc.splitlines()[0])
-    ap.add_argument("--mini", action="store_true", help="miniature mode (tiny subsets, 1 epoch)")
-    ap.add_argument("--out", help=f"output directory (default {OUT_ROOT}/{study}[-mini])")
-    ap.add_argument("--zoo", help="zoo directory for the base models (default OUT/zoo)")
-    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own)")
-    args = ap.parse_args(argv)
-    if args.threads is not None and args.threads < 1:
-        ap.error(f"--threads must be at least 1, got {args.threads}")
-    import torch
-
-    from stitchcore.errors import StitchError
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out or OUT_ROOT / (study + "-mini" * args.mini)).expanduser()
-    zoo = Path(args.zoo).expanduser() if args.zoo else out / "zoo"
-    argv_text = shlex.join(sys.argv[1:] if argv is None else argv)
-    wall, cpu, load = time.perf_counter(), time.process_time(), os.getloadavg()[0]
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        result = run_plan(plan(args.mini), out, zoo)
-    except (StitchError, OSError) as exc:
-        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        raise SystemExit(2) from None
-    result = {
-        "study": study,
-        "mode": "mini" if args.mini else "full",
-        "paper": paper,
-        **result,
-        "command": f".venv/bin/python examples/{study}/run.py {argv_text}".strip(),
-        "commit": _commit(),
-        "runtime_s": round(time.perf_counter() - wall, 1),
-        "cpu_s": round(time.process_time() - cpu, 1),
-        "threads": torch.get_num_threads(),
-        "load_average_1min": [round(load, 2), round(os.getloadavg()[0], 2)],
-        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-    }
-    result["figures"] = [plot(result, out / f"{study}-penalty.png").name]
-    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    print_table(result)
-    print(f"results: {out / 'results.json'} ({result['runtime_s']:.0f} s wall)")
-    return result
+    """Parse ``[--mini] [--out DIR] [--zoo DIR] [--threads N]``, run, write, plot, print
+    (_common.study_main with this pipeline)."""
+    return common_main(
+        study,
+        doc.splitlines()[0],
+        run=lambda out, zoo, mini, _log: {"paper": paper, **run_plan(plan(mini), out, zoo)},
+        plot=lambda result, out: [plot(result, out / f"{study}-penalty.png")],
+        table=table,
+        argv=argv,
+    )
 
 
 def run_plan(plan: Plan, out: Path, zoo: Path) -> dict:
@@ -197,17 +154,6 @@ def _baselines(matrix: dict) -> dict:
     }
 
 
-def _commit() -> str:
-    try:
-        done = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
-            capture_output=True, text=True,
-        )  # fmt: skip
-        return done.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
 def plot(result: dict, path: Path) -> Path:
     """Penalty per layer (one line per sender, percentage points) beside the CKA per layer."""
     from matplotlib.figure import Figure
@@ -246,20 +192,19 @@ def plot(result: dict, path: Path) -> Path:
     return path
 
 
-def print_table(result: dict) -> None:
+def table(result: dict):
     """Rows: senders; columns: layers; each cell ``penalty (Δ vs reference) · CKA``."""
-    from rich.console import Console
     from rich.table import Table
 
     r = result["receiver"]
-    table = Table(
+    grid = Table(
         title=f"{result['study']}: penalty in points (vs reference) · CKA; receiver "
         f"{r['label']} at {100 * r['test_accuracy']:.1f} %"
     )
-    table.add_column("sender")
-    table.add_column("own acc.", justify="right")
+    grid.add_column("sender")
+    grid.add_column("own acc.", justify="right")
     for layer in result["setup"]["cuts"]:
-        table.add_column(layer, justify="right")
+        grid.add_column(layer, justify="right")
     for s in result["senders"]:
         cells = []
         for row in s["layers"]:
@@ -269,5 +214,5 @@ def print_table(result: dict) -> None:
             delta = row["penalty_vs_reference"]
             cka = "-" if row["cka"] is None else f"{row['cka']:.2f}"
             cells.append(f"{100 * row['penalty']:+.1f} ({100 * delta:+.1f}) · {cka}")
-        table.add_row(s["label"], f"{100 * s['test_accuracy']:.1f}", *cells)
-    Console(width=160).print(table)
+        grid.add_row(s["label"], f"{100 * s['test_accuracy']:.1f}", *cells)
+    return grid

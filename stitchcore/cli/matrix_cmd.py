@@ -160,7 +160,13 @@ def matrix_command(**opts) -> None:
             progress.advance(task)
             progress.update(task, info=info)
 
-        matrix.on_cell = on_cell
+        # a group trains all its cells at once: its steps show that a long group is moving
+        steps = progress.add_task("  training steps", total=None, info="", visible=False)
+
+        def on_step(step, total):
+            progress.update(steps, completed=step, total=total, visible=step < total)
+
+        matrix.on_cell, matrix.on_step = on_cell, on_step
         matrix.run()
     cells_s = time.perf_counter() - t_cells
     dist.barrier()
