@@ -22,6 +22,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from . import default_hints, plugins
 from .errors import CutError, StitchError, UnknownNameError
 from .graph import CutPoint, TracedGraph, TracerPolicy, _resize_batch, outputs_close
+from .layout import fast_layout
 from .sources import LoadedModel
 from .spec import ActivationSpec, InputSpec, ModelHints, infer_activation_spec
 
@@ -64,6 +65,16 @@ class CutBackend:
     def extractor(self, cuts: list[Cut]) -> nn.Module:
         """One module returning the activations at several cuts (a tuple) in one pass."""
         raise NotImplementedError
+
+    def reference(self, x: torch.Tensor):
+        """What ``suffix(prefix(x))`` is checked against: None for the model's own output; a
+        backend that cuts its own copy of the model returns that copy's output."""
+        return None
+
+    def fast_layout(self) -> bool:
+        """Put the backend's own copy in the layout it runs fastest in (layout.py); True when
+        that changed anything. Outputs then equal the model's to that layout's rounding."""
+        return False
 
     def verify(self, cuts: list[Cut], x: torch.Tensor, expected) -> dict[str, bool]:
         """For each cut (by node name): does ``suffix(prefix(x))`` equal ``expected`` without
@@ -221,6 +232,14 @@ class FxBackend(CutBackend):
             raise StitchError("an extractor needs at least one cut")
         return self.graph.extractor([self._point(c).node for c in cuts])
 
+    def reference(self, x: torch.Tensor):
+        # the traced copy equals the model (checked when traced) in its own layout
+        return self.graph.gm(x)
+
+    def fast_layout(self) -> bool:
+        fast_layout(self.graph.gm)
+        return True
+
     def verify(self, cuts: list[Cut], x: torch.Tensor, expected) -> dict[str, bool]:
         by_node = self.graph.verify([self._point(c) for c in cuts], x, expected)
         return {self.graph.names[n]: ok for n, ok in by_node.items()}
@@ -351,8 +370,7 @@ class Cutter:
         self.example = example_for(model, example_input)
         backend = plugins.call_first("cut_backend", model=self.module, example=self.example)
         self.backend: CutBackend = backend or FxBackend(self.module, self.example, self.hints)
-        with torch.no_grad():
-            self.expected = self.module(self.example)
+        self.expected = self._reference(self.example)
         self._verified: dict[str, bool] = {}
         self._check_input: torch.Tensor | None = None
         self._check_expected = None
@@ -385,9 +403,25 @@ class Cutter:
             return
         if self._check_input is None:
             self._check_input = resize_batch(self.example, batch_size(self.example) + 1)
-            with torch.no_grad():
-                self._check_expected = self.module(self._check_input)
+            self._check_expected = self._reference(self._check_input)
         self._verified.update(self.backend.verify(todo, self._check_input, self._check_expected))
+
+    def fast_layout(self) -> Cutter:
+        """Run every prefix, suffix and extractor of this cutter in the fastest layout from now
+        on (channels-last convolutions: 1.6-1.8x faster on a CPU, see layout.py). For engines
+        such as ``stitch matrix``: the cut modules then reproduce the model to the new layout's
+        rounding, which a random deep net amplifies (0.2 % relative at the output of a random
+        Inception-v3), not to the 1e-5 the plain cutter guarantees. The caller's model is not
+        touched."""
+        if self.backend.fast_layout():
+            self.expected = self._reference(self.example)
+            self._check_input = self._check_expected = None
+        return self
+
+    @torch.no_grad()
+    def _reference(self, x: torch.Tensor):
+        out = self.backend.reference(x)
+        return self.module(x) if out is None else out
 
     def resolve(self, name: str) -> Cut:
         return self.backend.resolve(name)

@@ -28,7 +28,6 @@ from torch import fx, nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from .errors import CutError, StitchError
-from .layout import fast_layout
 
 
 @dataclass
@@ -236,8 +235,7 @@ class TracedGraph:
                     got = gm(example)
                 if not outputs_close(got, expected):
                     raise StitchError("traced graph's output differs from the model's")
-                # the copy is ours: cut it in the layout convolutions run fastest in
-                self.gm, self.names, self.backend = fast_layout(gm), names, backend
+                self.gm, self.names, self.backend = gm, names, backend
                 break
             except Exception as exc:  # any tracer failure means: try the next backend
                 errors.append(f"{backend}: {type(exc).__name__}: {str(exc).splitlines()[0]}")

@@ -7,7 +7,9 @@ only changes the strides of its 4-D parameters and buffers: the values, the Para
 and the outputs (to float rounding) stay the same, and inputs in either layout are accepted.
 
 Training a whole network (``stitch train``) gained nothing from it here (ResNet-34 on digits:
-19.4 s per epoch either way), so only the frozen copies the engine cuts are converted.
+19.4 s per epoch either way), so only the frozen copies the engine cuts are converted
+(``Cutter.fast_layout``, called by ``stitch matrix``); plain ``split`` / ``Cutter`` keep the
+model's layout and reproduce it to 1e-5.
 """
 
 from __future__ import annotations

@@ -169,6 +169,8 @@ class Matrix:
         if cfg.stitch.family != "auto":
             plugins.get_family(cfg.stitch.family)  # unknown names fail before any work
         self.sides = {"sender": Side.of(models.sender), "receiver": Side.of(models.receiver)}
+        for side in self.sides.values():
+            side.cutter.fast_layout()  # the engine's cut modules in the fastest layout
         self.sender_cuts = self._cuts(self.sides["sender"].cutter, cfg.sender_cuts)
         self.receiver_cuts = self._cuts(self.sides["receiver"].cutter, cfg.receiver_cuts)
         self._random_sides: dict[str, Side] = {}
@@ -220,7 +222,7 @@ class Matrix:
             module = randomized(
                 real.module, seed=self.cfg.stitch.seed + (1 if role == "receiver" else 0)
             )
-            cutter = Cutter(module, real.cutter.example)
+            cutter = Cutter(module, real.cutter.example).fast_layout()
             cutter.hints = real.cutter.hints
             self._random_sides[role] = Side(cutter, real.input, f"{real.label} (random init)")
         return self._random_sides[role]
