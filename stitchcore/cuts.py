@@ -408,7 +408,7 @@ class Cutter:
 
     def fast_layout(self) -> Cutter:
         """Run every prefix, suffix and extractor of this cutter in the fastest layout from now
-        on (channels-last convolutions: 1.6-1.8x faster on a CPU, see layout.py). For engines
+        on (channels-last convolutions: 1.6-1.7x faster on a CPU, see layout.py). For engines
         such as ``stitch matrix``: the cut modules then reproduce the model to the new layout's
         rounding, which a random deep net amplifies (0.2 % relative at the output of a random
         Inception-v3), not to the 1e-5 the plain cutter guarantees. The caller's model is not

@@ -1,8 +1,8 @@
 """Memory layout for speed: convolutional networks in channels-last (NHWC) order.
 
 oneDNN's 2-D convolutions run markedly faster on channels-last tensors on a CPU: a frozen
-ResNet-34 suffix at batch 640 took 1.15 s instead of 1.80 s for forward + input-gradient
-backward, and 0.55 s instead of 1.0 s forward only (benchmarks/README.md). Converting a module
+ResNet-34 suffix at batch 640 took 1.22 s instead of 1.91 s for forward + input-gradient
+backward, and 0.60 s instead of 1.01 s forward only (2 threads, benchmarks/channels_last.py). Converting a module
 only changes the strides of its 4-D parameters and buffers: the values, the Parameter objects
 and the outputs (to float rounding) stay the same, and inputs in either layout are accepted.
 
