@@ -18,6 +18,7 @@ from .cuts import Cut, Cutter
 from .datasets import DataSplits, adapt, batches
 from .errors import StitchError
 from .families import StitchFamily, resolve_family
+from .group import scratch_state
 from .sources import LoadedModel
 from .spec import InputSpec
 from .stitching import (
@@ -145,6 +146,7 @@ def stitch(
     objective: str = "task",
     init: str = "lstsq",
     epochs: int = 2,
+    unsolved_epochs: int | None = None,
     batch_size: int = 128,
     lr: float = 1e-3,
     seed: int = 0,
@@ -158,7 +160,8 @@ def stitch(
     ``(inputs, labels)`` batches; then pass ``test`` too (another iterable) to get test metrics.
     Returns the trained StitchedModel and its metrics: stitched accuracy and loss on the test
     data, the sender's and receiver's own accuracy, the stitching penalty (receiver − stitched),
-    and the stitched accuracy right after initialisation.
+    and the stitched accuracy right after initialisation. ``unsolved_epochs``: see
+    ``stitch matrix --unsolved-epochs`` (a closed form at chance restarts from random init).
     """
     family_obj = None if isinstance(family, str) else family
     cfg = StitchConfig(
@@ -166,6 +169,7 @@ def stitch(
         objective=objective,
         init=init,
         epochs=epochs,
+        unsolved_epochs=unsolved_epochs,
         batch_size=batch_size,
         lr=lr,
         seed=seed,
@@ -232,13 +236,14 @@ def stitch_sides(
         k = min(cfg.init_samples, len(train_data))
         idx = torch.randperm(len(train_data), generator=torch.Generator().manual_seed(cfg.seed))[:k]
         sample = (train_data.sender[idx].float(), train_data.target[idx].float())
+    scratch = scratch_state(module) if cfg.unsolved_epochs is not None else None
     initialise(module, fam, cfg, sample)
     stitched = StitchedModel(s_prefix, module, r_suffix)
     guard = FrozenGuard(sender_prefix=s_prefix, receiver_suffix=r_suffix)
     metrics: dict = {}
     if test_data is not None:
         metrics["init_accuracy"] = evaluate_stitch(module, r_suffix, test_data)["accuracy"]
-    history = train_stitch(module, fam, r_suffix, train_data, cfg, on_step)
+    history = train_stitch(module, fam, r_suffix, train_data, cfg, on_step, scratch=scratch)
     guard.verify()
     metrics["train_loss"] = history[-1] if history else None
     if test_data is not None:

@@ -216,12 +216,19 @@ def train_stitch(
     data: ActSplit,
     cfg: StitchConfig,
     on_step: Callable[[int, int, float], None] | None = None,
+    scratch: dict | None = None,
 ) -> list[float]:
-    """Train the stitch with Adam + cosine decay; return the mean loss of each epoch."""
+    """Train the stitch with Adam + cosine decay; return the mean loss of each epoch.
+
+    ``scratch``: the stitch's random-init state; with ``cfg.unsolved_epochs`` set, a closed
+    form that does not start solved is replaced by it (learning from scratch, as the matrix
+    does)."""
     params = [p for p in stitch.parameters() if p.requires_grad]
     if not family.trainable or not params:
         return []
     solved = _starts_solved(stitch, suffix, data, cfg)
+    if not solved and scratch is not None and cfg.init != "random":
+        stitch.load_state_dict(scratch)
     epochs = cfg.epochs_for(solved)
     if epochs == 0:
         return []

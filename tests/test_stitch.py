@@ -73,6 +73,18 @@ def test_fine_tuning_a_wide_lstsq_stitch_keeps_its_accuracy(digits_pair, digits)
     assert m["stitched_accuracy"] > m["init_accuracy"] - 0.02
 
 
+def test_unsolved_epochs_restart_a_closed_form_at_chance_from_random_init(digits_pair, digits):
+    # layer4 → layer1 (upsample_conv): least squares is at chance; with unsolved_epochs the
+    # stitch must train exactly as from random init, for that many epochs
+    a, b = digits_pair
+    kw = dict(train=digits, family="upsample_conv")
+    mixed = stitch(a, "layer4", b, "layer1", epochs=0, unsolved_epochs=1, **kw).metrics
+    scratch = stitch(a, "layer4", b, "layer1", init="random", epochs=1, **kw).metrics
+    assert mixed["init_accuracy"] < 0.3
+    assert mixed["train_loss"] == pytest.approx(scratch["train_loss"], rel=1e-4)
+    assert mixed["stitched_accuracy"] == pytest.approx(scratch["stitched_accuracy"], abs=0.01)
+
+
 def test_optimizer_fine_tunes_only_stitches_that_start_solved():
     from stitchcore.stitching import StitchConfig, optimizer, starts_solved
 
