@@ -19,7 +19,15 @@ from torch import nn
 
 from .cache import take
 from .cuts import run_suffix
-from .stitching import FIRST_LOOK, StitchConfig, head_fits, logits_of, optimizer, starts_solved
+from .stitching import (
+    FIRST_LOOK,
+    StitchConfig,
+    head_fits,
+    logits_of,
+    optimizer,
+    restart_unsolved,
+    starts_solved,
+)
 
 
 @dataclass
@@ -38,11 +46,6 @@ class Member:
     fine_tuned: bool = False  # its closed form started solved (stitching.starts_solved)
     from_scratch: bool = False  # restarted from ``scratch``
     epochs: int = 0  # epochs it trains (StitchConfig.epochs_for)
-
-
-def scratch_state(module: nn.Module) -> dict:
-    """A copy of a freshly built stitch's state (its random init)."""
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
 @contextmanager
@@ -85,11 +88,7 @@ def train_group(
     solved = _starts_solved(active, suffix, labels, cfg, target, context)
     for m, ok in zip(active, solved):
         m.fine_tuned, m.epochs = ok, cfg.epochs_for(ok)
-        if not ok and m.scratch is not None and cfg.init != "random":
-            # a closed form no better than chance is a poor start (its loss is often far above
-            # chance): learn from the family's random init, as with --init random
-            m.module.load_state_dict(m.scratch)
-            m.from_scratch = True
+        m.from_scratch = restart_unsolved(m.module, m.scratch, cfg, ok)
     active = [m for m in active if m.epochs > 0]
     if not active:
         return

@@ -2,9 +2,10 @@
 
 oneDNN's 2-D convolutions run markedly faster on channels-last tensors on a CPU: a frozen
 ResNet-34 suffix at batch 640 took 1.22 s instead of 1.91 s for forward + input-gradient
-backward, and 0.60 s instead of 1.01 s forward only (2 threads, benchmarks/channels_last.py). Converting a module
-only changes the strides of its 4-D parameters and buffers: the values, the Parameter objects
-and the outputs (to float rounding) stay the same, and inputs in either layout are accepted.
+backward, and 0.60 s instead of 1.01 s forward only (2 threads, benchmarks/channels_last.py).
+Converting only changes the strides of the convolution weights: the values, the Parameter
+objects and the outputs (to float rounding) stay the same, and inputs in either layout are
+accepted.
 
 Training a whole network (``stitch train``) gained nothing from it here (ResNet-34 on digits:
 19.4 s per epoch either way), so only the frozen copies the engine cuts are converted

@@ -30,10 +30,10 @@ from .cuts import Cut, Cutter
 from .datasets import DataSplits, adapt
 from .errors import StitchError
 from .families import resolve_family
-from .group import Member, evaluate_group, scratch_state, train_group
+from .group import Member, evaluate_group, train_group
 from .pair import Side
 from .sources import LoadedModel
-from .stitching import StitchConfig, head_fits, logits_of
+from .stitching import StitchConfig, head_fits, logits_of, scratch_state
 
 SCHEMA = "stitchcore.matrix/1"
 CONTROLS = ("random-sender", "random-receiver", "random-both")
@@ -325,8 +325,7 @@ class Matrix:
             try:
                 torch.manual_seed(cell_seed(cfg.seed, variant, i, j))
                 module = fam.build(s_cut.spec, r_cut.spec, **cfg.family_options)
-                # kept to learn from scratch should the closed form not solve (--unsolved-epochs)
-                scratch = scratch_state(module) if cfg.unsolved_epochs is not None else None
+                scratch = scratch_state(module, cfg)  # for --unsolved-epochs
                 if cfg.init == "identity":
                     fam.init_identity(module)
                 elif cfg.init == "lstsq" or not fam.trainable:

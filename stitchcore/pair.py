@@ -18,7 +18,6 @@ from .cuts import Cut, Cutter
 from .datasets import DataSplits, adapt, batches
 from .errors import StitchError
 from .families import StitchFamily, resolve_family
-from .group import scratch_state
 from .sources import LoadedModel
 from .spec import InputSpec
 from .stitching import (
@@ -30,6 +29,7 @@ from .stitching import (
     head_fits,
     initialise,
     logits_of,
+    scratch_state,
     train_stitch,
 )
 
@@ -236,7 +236,7 @@ def stitch_sides(
         k = min(cfg.init_samples, len(train_data))
         idx = torch.randperm(len(train_data), generator=torch.Generator().manual_seed(cfg.seed))[:k]
         sample = (train_data.sender[idx].float(), train_data.target[idx].float())
-    scratch = scratch_state(module) if cfg.unsolved_epochs is not None else None
+    scratch = scratch_state(module, cfg)  # for --unsolved-epochs
     initialise(module, fam, cfg, sample)
     stitched = StitchedModel(s_prefix, module, r_suffix)
     guard = FrozenGuard(sender_prefix=s_prefix, receiver_suffix=r_suffix)

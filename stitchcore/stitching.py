@@ -227,8 +227,7 @@ def train_stitch(
     if not family.trainable or not params:
         return []
     solved = _starts_solved(stitch, suffix, data, cfg)
-    if not solved and scratch is not None and cfg.init != "random":
-        stitch.load_state_dict(scratch)
+    restart_unsolved(stitch, scratch, cfg, solved)
     epochs = cfg.epochs_for(solved)
     if epochs == 0:
         return []
@@ -281,6 +280,27 @@ def param_groups(stitches: list[nn.Module], lrs: list[float]) -> list[dict]:
 def fine_tune_lr(lr: float):
     """The lr of each parameter of a stitch that starts solved (see :func:`optimizer`)."""
     return lambda p: lr * min(1.0, FINE_TUNE_FAN_IN / (p[0].numel() or 1)) if p.dim() >= 2 else lr
+
+
+def scratch_state(module: nn.Module, cfg: StitchConfig) -> dict | None:
+    """A copy of a freshly built stitch's state (its random init), kept when
+    ``cfg.unsolved_epochs`` may need it (:func:`restart_unsolved`); None otherwise."""
+    if cfg.unsolved_epochs is None:
+        return None
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def restart_unsolved(
+    stitch: nn.Module, scratch: dict | None, cfg: StitchConfig, solved: bool
+) -> bool:
+    """Put a closed-form stitch that does not start solved back to its random init
+    (``scratch``); True when it did. A closed form no better than chance is a poor start (its
+    loss is often far above chance), so with ``unsolved_epochs`` it learns from scratch, as
+    under ``--init random``."""
+    if solved or scratch is None or cfg.init == "random":
+        return False
+    stitch.load_state_dict(scratch)
+    return True
 
 
 def starts_solved(cfg: StitchConfig, loss: float, num_classes: int) -> bool:
