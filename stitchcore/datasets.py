@@ -1,14 +1,27 @@
 """The dataset contract, shared options (subsets, label noise, coarse labels) and input adaptation.
 
-A dataset plugin returns its raw splits as image tensors (``uint8`` in [0, 255] or float in
-[0, 1], ``N×C×H×W``) and integer labels; the core adapts them to each model's input spec
-(channels, size, normalisation) batch by batch, so one dataset feeds any model.
+A dataset plugin returns its raw splits as *inputs* and integer *labels* (a 1-D int64 tensor,
+always complete: subsets, class counts and training order need the labels, never the inputs).
+The inputs of a split are one of
+
+- a tensor of images, ``uint8`` in [0, 255] or float in [0, 1], ``N×C×H×W`` (the fast path for
+  small data: indexed directly, adapted batch by batch);
+- a sequence of ``str`` (a text task: each model's own tokenizer turns them into its input);
+- a *lazy* source: any object with ``__len__`` and ``__getitem__(i)`` returning one image
+  (a ``C×H×W`` uint8/float tensor or a PIL image, any size), e.g. a ``torch.utils.data.Dataset``
+  that decodes files on demand. It is read through a DataLoader with workers; each sample is
+  resized to the receiving model's input size before batching, so memory is bounded by the
+  batch, not the dataset.
+
+The core adapts inputs to each model's input spec (channels, size, normalisation; tokenization
+for text), so one dataset feeds any model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,20 +33,75 @@ from .spec import InputSpec
 
 @dataclass
 class DataSplits:
-    """Deterministic train/test splits of one dataset (optionally one variant of it)."""
+    """Deterministic train/test splits of one dataset (optionally one variant of it).
+
+    ``train_x``/``test_x``: the inputs (see the module docstring: an image tensor, a sequence of
+    strings, or a lazy per-sample source); ``train_y``/``test_y``: every label, int64.
+    ``meta`` may carry ``test_split`` (which on-disk split is used as the test split, said to the
+    user) and ``skipped`` (unreadable files left out, with a count).
+    """
 
     name: str
-    train_x: torch.Tensor
+    train_x: Any
     train_y: torch.Tensor
-    test_x: torch.Tensor
+    test_x: Any
     test_y: torch.Tensor
     num_classes: int
     classes: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
 
     @property
+    def kind(self) -> str:
+        """``image`` (a tensor), ``text`` (strings) or ``lazy`` (decoded per sample)."""
+        return input_kind(self.train_x)
+
+    @property
     def image_shape(self) -> tuple[int, ...]:
-        return tuple(self.train_x.shape[1:])
+        """Per-sample shape of the inputs (C×H×W); for lazy images, of the first one."""
+        if isinstance(self.train_x, torch.Tensor):
+            return tuple(self.train_x.shape[1:])
+        if self.kind == "text":
+            raise StitchError(f"dataset {self.name!r} holds text, not images")
+        return tuple(as_image(self.train_x[0]).shape)
+
+
+def input_kind(inputs: Any) -> str:
+    """``image`` for a tensor, ``text`` for a sequence of strings, else ``lazy``."""
+    if isinstance(inputs, torch.Tensor):
+        return "image"
+    if isinstance(inputs, (list, tuple)) and (not inputs or isinstance(inputs[0], str)):
+        return "text"
+    return "lazy"
+
+
+def as_image(sample: Any) -> torch.Tensor:
+    """One lazily read image as a ``C×H×W`` tensor (uint8 or float), from a tensor, a numpy
+    array (H×W or H×W×C) or a PIL image."""
+    if isinstance(sample, torch.Tensor):
+        return sample if sample.dim() == 3 else sample.unsqueeze(0)
+    if hasattr(sample, "convert") and hasattr(sample, "mode"):  # PIL, without importing it
+        import numpy as np
+
+        mode = sample.mode if sample.mode in ("L", "RGB") else "RGB"
+        sample = np.asarray(sample.convert(mode))
+    import numpy as np
+
+    arr = np.asarray(sample)
+    if arr.ndim == 2:
+        arr = arr[None]
+    elif arr.ndim == 3 and arr.shape[-1] in (1, 3, 4) and arr.shape[0] not in (1, 3, 4):
+        arr = arr.transpose(2, 0, 1)[:3]
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def subset(inputs: Any, idx: torch.Tensor) -> Any:
+    """Samples ``idx`` of a split's inputs, without reading a lazy source."""
+    kind = input_kind(inputs)
+    if kind == "image":
+        return inputs[idx]
+    if kind == "text":
+        return [inputs[int(i)] for i in idx]
+    return torch.utils.data.Subset(inputs, idx.tolist())
 
 
 class Dataset:
@@ -66,6 +134,7 @@ class DataOptions:
     """Options shared by all datasets (Bansal et al.'s data experiments)."""
 
     train_size: int | None = None
+    test_size: int | None = None
     label_noise: float = 0.0
     coarse: dict[int, int] | None = None
     seed: int = 0
@@ -74,6 +143,8 @@ class DataOptions:
         parts = []
         if self.train_size:
             parts.append(f"n{self.train_size}")
+        if self.test_size:
+            parts.append(f"t{self.test_size}")
         if self.label_noise:
             parts.append(f"noise{self.label_noise:g}")
         if self.coarse:
@@ -98,14 +169,25 @@ def apply_options(splits: DataSplits, opt: DataOptions) -> DataSplits:
     """Subset the training set, coarsen labels, corrupt training labels; test set stays clean
     except for coarsening (the task changes, the data does not)."""
     gen = torch.Generator().manual_seed(opt.seed)
-    train_x, train_y, test_y = splits.train_x, splits.train_y, splits.test_y
+    train_x, train_y = splits.train_x, splits.train_y
+    test_x, test_y = splits.test_x, splits.test_y
     num_classes = splits.num_classes
     classes = splits.classes
     if opt.train_size is not None:
         if not 0 < opt.train_size <= len(train_y):
             raise StitchError(f"--train-size must be in 1..{len(train_y)}, got {opt.train_size}")
         idx = torch.randperm(len(train_y), generator=gen)[: opt.train_size].sort().values
-        train_x, train_y = train_x[idx], train_y[idx]
+        train_x, train_y = subset(train_x, idx), train_y[idx]
+    if opt.test_size is not None:
+        if not 0 < opt.test_size <= len(test_y):
+            raise StitchError(
+                f"--test-size must be in 1..{len(test_y)} (the test split's size), "
+                f"got {opt.test_size}"
+            )
+        # a fixed, class-mixed subset: the same for every seed, so seeds compare on one test set
+        test_gen = torch.Generator().manual_seed(0)
+        idx = torch.randperm(len(test_y), generator=test_gen)[: opt.test_size].sort().values
+        test_x, test_y = subset(test_x, idx), test_y[idx]
     if opt.coarse:
         missing = set(range(num_classes)) - set(opt.coarse)
         if missing:
@@ -125,6 +207,7 @@ def apply_options(splits: DataSplits, opt: DataOptions) -> DataSplits:
         splits,
         train_x=train_x,
         train_y=train_y,
+        test_x=test_x,
         test_y=test_y,
         num_classes=num_classes,
         classes=classes,

@@ -8,8 +8,6 @@ import time
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from ..basemodels import prepare_models
 from ..cache import DEFAULT_BUDGET
@@ -20,6 +18,7 @@ from ..stitching import INITS, OBJECTIVES, StitchConfig
 from .main import cli, err_console
 from .options import family_option, parse_family_options
 from .progress import progress_bar
+from .tables import print_matrix
 
 
 def _cut_list(value: str) -> list[str] | str:
@@ -217,41 +216,6 @@ def merge_command(directory: str, as_json: bool) -> None:
     )
     if not final["config"].get("diagonal") and len(final["cells"]) < expected:
         err_console.print(f"[yellow]{expected - len(final['cells'])} cells are not computed yet")
-
-
-def print_matrix(results: dict) -> None:
-    console = Console()
-    s_cuts = [c["name"] for c in results["cuts"]["sender"]]
-    r_cuts = [c["name"] for c in results["cuts"]["receiver"]]
-    for variant in results["variants"]:
-        base = results["baselines"].get(variant, {})
-        grid = {(c["i"], c["j"]): c for c in results["cells"] if c["variant"] == variant}
-        table = Table(
-            title=f"{variant}: stitched accuracy (rows: sender {results['config']['sender']}, "
-            f"columns: receiver {results['config']['receiver']})",
-            caption=f"sender own {_pct(base.get('sender_accuracy'))}, receiver own "
-            f"{_pct(base.get('receiver_accuracy'))}",
-        )
-        table.add_column("sender \\ receiver")
-        for name in r_cuts:
-            table.add_column(name, justify="right")
-        for i, s in enumerate(s_cuts):
-            row = []
-            for j in range(len(r_cuts)):
-                c = grid.get((i, j))
-                if c is None:
-                    row.append("")
-                elif c["status"] != "ok":
-                    row.append(f"[dim]{c['status']}[/]")
-                else:
-                    cka = f" [dim]cka {c['cka']:.2f}[/]" if c.get("cka") is not None else ""
-                    row.append(_pct(c.get("stitched_accuracy")) + cka)
-            table.add_row(s, *row)
-        console.print(table)
-
-
-def _pct(v) -> str:
-    return "–" if v is None else f"{100 * v:.1f}%"
 
 
 class _Dist:
