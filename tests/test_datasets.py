@@ -1,9 +1,11 @@
-"""Datasets plugin: real data, deterministic splits, shared options, adaptation, CLI."""
+"""Datasets plugin: real data, deterministic splits, shared options, adaptation, image files
+read lazily (imagefolder, imagenet), CIFAR files, the CLI. The text dataset: test_text_data.py."""
 
 from __future__ import annotations
 
 import json
 import pickle
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from stitchcore_datasets import _store, cifar10, colour_mnist, fashion_mnist, mnist5k
+from stitchcore_datasets import _store, cifar10, cifar100, colour_mnist, fashion_mnist, mnist5k
 
 import stitchcore
 from stitchcore import plugins
@@ -32,7 +34,10 @@ NAMES = {
     "clustered-noise",
     "fashion-mnist",
     "cifar10",
+    "cifar100",
     "imagefolder",
+    "imagenet",
+    "fortunes",
 }
 
 
@@ -333,7 +338,7 @@ def test_adapt_feeds_real_timm_models_from_any_dataset():
     assert grey.shape == (4, 1, 28, 28) and 0 <= grey.min() and grey.max() <= 1
 
 
-# ------------------------------------------------------------------------------ cifar10
+# ------------------------------------------------------------------------------ cifar10/100
 def write_cifar(root: Path, fmt: str, per_batch: int = 4) -> tuple[np.ndarray, np.ndarray]:
     """A tiny CIFAR-10 in an official on-disk layout (built from real MNIST-5k pixels)."""
     m = load_data("mnist-5k")
@@ -352,7 +357,20 @@ def write_cifar(root: Path, fmt: str, per_batch: int = 4) -> tuple[np.ndarray, n
         else:
             records = np.concatenate([y[:, None].astype(np.uint8), x.reshape(len(x), -1)], 1)
             (folder / f"{name}.bin").write_bytes(records.tobytes())
+    if fmt == "py":
+        meta = {b"label_names": [c.upper().encode() for c in cifar10.CLASSES]}
+        (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
     return img, labels
+
+
+def test_cifar_layouts_are_torchvisions():
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    assert CIFAR10.base_folder == cifar10.PY_DIR
+    assert [n for n, _ in CIFAR10.train_list] == list(cifar10.TRAIN_BATCHES)
+    assert (CIFAR10.meta["filename"], CIFAR10.meta["key"]) == cifar10.META
+    assert CIFAR100.base_folder == cifar100.PY_DIR
+    assert [CIFAR100.train_list[0][0], CIFAR100.test_list[0][0]] == list(cifar100.LAYOUTS[0][2])
 
 
 @pytest.mark.parametrize("fmt", ["py", "bin"])
@@ -362,7 +380,8 @@ def test_cifar10_reads_both_official_layouts(tmp_path, fresh_cache, fmt):
     assert a.train_x.shape == (20, 3, 32, 32) and a.test_x.shape == (4, 3, 32, 32)
     assert torch.equal(a.train_x, torch.from_numpy(img[:20]))
     assert torch.equal(a.test_y, torch.from_numpy(labels[20:]))
-    assert a.classes[0] == "airplane" and a.num_classes == 10
+    # names from batches.meta when it is there (written upper-case to tell them apart)
+    assert a.classes[0] == ("AIRPLANE" if fmt == "py" else "airplane") and a.num_classes == 10
     coarse = load_data(f"cifar10:{tmp_path / 'c10'}", DataOptions(coarse=default_coarse("cifar10")))
     assert coarse.classes == ["object", "animal"]
 
@@ -374,13 +393,14 @@ def test_cifar10_found_through_stitchcore_data(tmp_path, fresh_cache, offline, m
     assert len(load_data("cifar10").train_y) == 20
 
 
-def test_cifar10_absent_and_offline_says_where_to_put_it(fresh_cache, offline, tmp_path):
-    reason = plugins.get_dataset("cifar10").unavailable()
-    assert "STITCHCORE_DATA" in reason and "cifar10:PATH" in reason
-    with pytest.raises(StitchError, match="not available here"):
-        load_data("cifar10")
-    with pytest.raises(StitchError, match="no CIFAR-10 batches"):
-        load_data(f"cifar10:{tmp_path}")
+def test_cifar_absent_and_offline_says_where_to_put_it(fresh_cache, offline, tmp_path):
+    for name, what in (("cifar10", "CIFAR-10 batches"), ("cifar100", "CIFAR-100 files")):
+        reason = plugins.get_dataset(name).unavailable()
+        assert "STITCHCORE_DATA" in reason and f"{name}:PATH" in reason
+        with pytest.raises(StitchError, match="not available here"):
+            load_data(name)
+        with pytest.raises(StitchError, match=f"no {what}"):
+            load_data(f"{name}:{tmp_path}")
 
 
 def test_cifar10_pickle_that_would_run_code_is_refused(tmp_path, fresh_cache):
@@ -395,40 +415,163 @@ def test_cifar10_pickle_that_would_run_code_is_refused(tmp_path, fresh_cache):
         load_data(f"cifar10:{tmp_path / 'c10'}")
 
 
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (b"this is not a pickle", "not a readable pickle"),
+        (pickle.dumps({b"data": np.zeros((4, 3000), np.uint8), b"labels": [0] * 4}), "4×3000"),
+        (pickle.dumps({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0] * 3}), "4 images"),
+        (pickle.dumps([1, 2, 3]), "holds a list"),
+        (b"", "not a readable pickle"),
+    ],
+)
+def test_garbage_cifar_batch_is_one_line_naming_the_file(tmp_path, fresh_cache, content, match):
+    write_cifar(tmp_path / "c10", "py")
+    bad = tmp_path / "c10" / cifar10.PY_DIR / "data_batch_3"
+    bad.write_bytes(content)
+    with pytest.raises(StitchError, match=match) as info:
+        load_data(f"cifar10:{tmp_path / 'c10'}")
+    assert str(bad) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_wrong_size_binary_cifar_batch_names_the_file(tmp_path, fresh_cache):
+    write_cifar(tmp_path / "c10", "bin")
+    bad = tmp_path / "c10" / cifar10.BIN_DIR / "test_batch.bin"
+    bad.write_bytes(bad.read_bytes()[:-100])
+    with pytest.raises(StitchError, match=f"{bad}: .* not a whole number of 3073-byte records"):
+        load_data(f"cifar10:{tmp_path / 'c10'}")
+
+
+# The published fine -> coarse labels of CIFAR-100 as commonly listed (independent of the plugin).
+CIFAR100_COARSE = [4, 1, 14, 8, 0, 6, 7, 7, 18, 3, 3, 14, 9, 18, 7, 11, 3, 9, 7, 11, 6, 11, 5, 10,
+                   7, 6, 13, 15, 3, 15, 0, 11, 1, 10, 12, 14, 16, 9, 11, 5, 5, 19, 8, 8, 15, 13,
+                   14, 17, 18, 10, 16, 4, 17, 4, 2, 0, 17, 4, 18, 17, 10, 3, 2, 12, 12, 16, 12, 1,
+                   9, 19, 2, 10, 0, 1, 16, 12, 9, 13, 15, 13, 16, 19, 2, 4, 6, 19, 5, 5, 8, 19,
+                   18, 1, 2, 15, 6, 0, 17, 8, 14, 13]  # fmt: skip
+
+
+def write_cifar100(root: Path, fmt: str, coarse=CIFAR100_COARSE) -> np.ndarray:
+    """A tiny CIFAR-100 (3 images of each class in train, 1 in test) in an official layout."""
+    rng = np.random.default_rng(0)
+    folder = root / (cifar100.PY_DIR if fmt == "py" else cifar100.BIN_DIR)
+    folder.mkdir(parents=True)
+    for split, per in (("train", 3), ("test", 1)):
+        fine = np.tile(np.arange(100), per)
+        data = rng.integers(0, 256, (len(fine), 3072), dtype=np.uint8)
+        coarse_y = np.asarray(coarse)[fine]
+        if fmt == "py":
+            batch = {
+                b"data": data,
+                b"fine_labels": fine.tolist(),
+                b"coarse_labels": coarse_y.tolist(),
+            }
+            (folder / split).write_bytes(pickle.dumps(batch, protocol=2))
+        else:
+            records = np.concatenate([coarse_y[:, None], fine[:, None], data], 1).astype(np.uint8)
+            (folder / f"{split}.bin").write_bytes(records.tobytes())
+    if fmt == "py":
+        meta = {
+            b"fine_label_names": [c.encode() for c in cifar100.CLASSES],
+            b"coarse_label_names": [c.encode() for c in cifar100.COARSE_CLASSES],
+        }
+        (folder / "meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return data
+
+
+@pytest.mark.parametrize("fmt", ["py", "bin"])
+def test_cifar100_with_superclasses_from_the_files(tmp_path, fresh_cache, fmt):
+    assert [cifar100.COARSE[i] for i in range(100)] == CIFAR100_COARSE
+    last_test = write_cifar100(tmp_path / "c100", fmt)
+    a = load_data(f"cifar100:{tmp_path / 'c100'}")
+    assert a.train_x.shape == (300, 3, 32, 32) and a.test_x.shape == (100, 3, 32, 32)
+    assert torch.equal(a.test_x.flatten(1), torch.from_numpy(last_test))
+    assert a.num_classes == 100 and a.classes[:2] == ["apple", "aquarium_fish"]
+    assert a.meta["coarse"] == cifar100.COARSE and a.meta["coarse_source"] == "files (= published)"
+    c = load_data(f"cifar100:{tmp_path / 'c100'}", DataOptions(coarse=default_coarse("cifar100")))
+    assert c.num_classes == 20 and c.classes[0] == "aquatic_mammals"
+    assert torch.equal(c.test_y, torch.tensor(CIFAR100_COARSE))
+
+
+def test_cifar100_fine_class_with_two_superclasses_is_refused(tmp_path, fresh_cache):
+    write_cifar100(tmp_path / "c100", "py", coarse=[0] * 99 + [1])
+    train = tmp_path / "c100" / cifar100.PY_DIR / "train"
+    batch = pickle.loads(train.read_bytes())
+    batch[b"coarse_labels"][0] = 7  # image 0 is class 0, which is otherwise superclass 0
+    train.write_bytes(pickle.dumps(batch, protocol=2))
+    with pytest.raises(StitchError, match="fine class 0 has coarse labels 0 and 7"):
+        load_data(f"cifar100:{tmp_path / 'c100'}")
+
+
 # ------------------------------------------------------------------------------ imagefolder
-def write_images(root: Path, per_class: int, size=(40, 30)) -> None:
+COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
+
+
+def write_images(root: Path, per_class: int, size=(40, 30), classes=(0, 1, 2), ext="png") -> None:
+    """``root/class_C/I.EXT``: noisy images of one dominant colour per class."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    for c, rgb in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)]):
+    for c in classes:
         folder = root / f"class_{c}"
         folder.mkdir(parents=True)
         for i in range(per_class):
-            arr = np.clip(np.array(rgb) + rng.integers(-20, 20, (size[1], size[0], 3)), 0, 255)
-            Image.fromarray(arr.astype(np.uint8)).save(folder / f"{i}.png")
+            noise = rng.integers(-20, 20, (size[1], size[0], 3))
+            arr = np.clip(np.array(COLOURS[c]) + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(folder / f"{i}.{ext}")
 
 
-def test_imagefolder_split_resize_cache(tmp_path, fresh_cache):
+def read_all(source) -> torch.Tensor:
+    return torch.stack([source[i] for i in range(len(source))])
+
+
+def dominant(x: torch.Tensor) -> torch.Tensor:
+    return x.float().mean((2, 3)).argmax(1)
+
+
+def test_imagefolder_flat_split_is_lazy_stratified_and_deterministic(tmp_path):
     write_images(tmp_path / "imgs", per_class=10)
-    a = load_data(f"imagefolder:{tmp_path / 'imgs'}@16")
-    assert a.train_x.shape == (24, 3, 16, 16) and a.test_x.shape == (6, 3, 16, 16)
-    assert a.train_x.dtype == torch.uint8 and a.classes == ["class_0", "class_1", "class_2"]
-    assert torch.bincount(a.test_y).tolist() == [2, 2, 2]
-    # Each class folder holds one dominant colour: the label is recoverable from the pixels.
-    assert torch.equal(a.train_x.float().mean((2, 3)).argmax(1), a.train_y)
-    assert not rows(a.train_x) & rows(a.test_x)
-    assert list((fresh_cache / "datasets").glob("imagefolder-*.npz"))
-    _store.clear_memory()
-    assert_same(a, load_data(f"imagefolder:{tmp_path / 'imgs'}@16"))
-    assert load_data(f"imagefolder:{tmp_path / 'imgs'}").image_shape == (3, 64, 64)
+    a = load_data(f"imagefolder:{tmp_path / 'imgs'}")
+    assert a.kind == "lazy" and (len(a.train_x), len(a.test_x)) == (24, 6)
+    assert a.classes == ["class_0", "class_1", "class_2"] and "test_split" not in a.meta
+    assert torch.bincount(a.test_y).tolist() == [2, 2, 2] and "80/20" in a.meta["layout"]
+    x = read_all(a.train_x)
+    assert x.shape == (24, 3, 30, 40) and x.dtype == torch.uint8  # native size, RGB
+    assert torch.equal(dominant(x), a.train_y)  # each image carries its folder's colour
+    files = lambda s: {s.path(i) for i in range(len(s))}  # noqa: E731
+    assert not files(a.train_x) & files(a.test_x)
+    b = load_data(f"imagefolder:{tmp_path / 'imgs'}")
+    assert files(a.test_x) == files(b.test_x) and torch.equal(a.test_y, b.test_y)
+    small = load_data(f"imagefolder:{tmp_path / 'imgs'}@16")
+    assert small.image_shape == (3, 16, 16) and read_all(small.test_x).shape == (6, 3, 16, 16)
 
 
-def test_imagefolder_uses_train_and_test_folders(tmp_path, fresh_cache):
+def test_imagefolder_train_val_layout(tmp_path):
     write_images(tmp_path / "imgs" / "train", per_class=4)
-    write_images(tmp_path / "imgs" / "test", per_class=2)
-    a = load_data(f"imagefolder:{tmp_path / 'imgs'}@8")
-    assert (len(a.train_y), len(a.test_y)) == (12, 6)
-    assert a.meta["layout"] == "train/test folders"
+    write_images(tmp_path / "imgs" / "val", per_class=2, classes=(0, 2))  # class_1 absent: fine
+    a = load_data(f"imagefolder:{tmp_path / 'imgs'}")
+    assert a.classes == ["class_0", "class_1", "class_2"]  # never "train" and "val"
+    assert (len(a.train_y), len(a.test_y)) == (12, 4) and a.meta["test_split"] == "val"
+    assert a.test_y.tolist() == [0, 0, 2, 2] and torch.equal(dominant(read_all(a.test_x)), a.test_y)
+    write_images(tmp_path / "imgs" / "test", per_class=1)
+    assert load_data(f"imagefolder:{tmp_path / 'imgs'}").meta["test_split"] == "val"
+    t = load_data(f"imagefolder:{tmp_path / 'imgs'}@test")
+    assert t.meta["test_split"] == "test" and len(t.test_y) == 3
+
+
+def test_imagefolder_layout_errors_name_the_folders(tmp_path):
+    write_images(tmp_path / "mixed" / "train", per_class=2)
+    write_images(tmp_path / "mixed" / "cats", per_class=2)
+    with pytest.raises(StitchError, match=r"mixes split folders \(train\) with other folders"):
+        load_data(f"imagefolder:{tmp_path / 'mixed'}")
+    write_images(tmp_path / "extra" / "train", per_class=2, classes=(0,))
+    write_images(tmp_path / "extra" / "val", per_class=2, classes=(0, 1))
+    with pytest.raises(StitchError, match="val/ has classes that train/ lacks: class_1"):
+        load_data(f"imagefolder:{tmp_path / 'extra'}")
+    write_images(tmp_path / "notrain" / "val", per_class=2)
+    with pytest.raises(StitchError, match="no train/ folder"):
+        load_data(f"imagefolder:{tmp_path / 'notrain'}")
+    with pytest.raises(StitchError, match="unknown option 'big'"):
+        load_data(f"imagefolder:{tmp_path / 'extra'}@big")
 
 
 def test_imagefolder_bad_input(tmp_path):
@@ -437,8 +580,128 @@ def test_imagefolder_bad_input(tmp_path):
     with pytest.raises(StitchError, match="not a directory"):
         load_data(f"imagefolder:{tmp_path / 'missing'}")
     (tmp_path / "empty" / "a").mkdir(parents=True)
-    with pytest.raises(StitchError, match="no images"):
+    (tmp_path / "empty" / "a" / "notes.txt").write_text("no image")
+    with pytest.raises(StitchError, match=r"empty/a holds no images \(looked for .jpg, .jpeg"):
         load_data(f"imagefolder:{tmp_path / 'empty'}")
+    (tmp_path / "loose").mkdir()
+    (tmp_path / "loose" / "x.jpg").write_bytes(b"")
+    with pytest.raises(StitchError, match="no class folders in .*loose .*holds images directly"):
+        load_data(f"imagefolder:{tmp_path / 'loose'}")
+
+
+def test_imagefolder_load_and_subsets_decode_nothing(tmp_path):
+    """Every file is garbage: loading, --train-size and --test-size still work (nothing is
+    opened); reading a sample is what fails, naming the file."""
+    for c in range(2):
+        (tmp_path / "junk" / f"c{c}").mkdir(parents=True)
+        for i in range(20):
+            (tmp_path / "junk" / f"c{c}" / f"{i}.jpg").write_bytes(b"not a jpeg")
+    a = load_data(f"imagefolder:{tmp_path / 'junk'}", DataOptions(train_size=5, test_size=3))
+    assert (len(a.train_x), len(a.test_x), len(a.train_y)) == (5, 3, 5)
+    with pytest.raises(
+        StitchError, match=r"cannot read image .*junk/c\d/\d+\.jpg: cannot identify"
+    ):
+        a.train_x[0]
+
+
+def write_truncated_jpeg(tmp_path: Path) -> Path:
+    """A 6-image folder whose class_1/0.jpg is a real JPEG cut off half way."""
+    write_images(tmp_path / "imgs", per_class=3, classes=(0, 1), size=(64, 64), ext="jpg")
+    bad = tmp_path / "imgs" / "class_1" / "0.jpg"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    return bad
+
+
+def test_truncated_jpeg_is_an_error_naming_the_file(tmp_path):
+    bad = write_truncated_jpeg(tmp_path)
+    a = load_data(f"imagefolder:{tmp_path / 'imgs'}")
+    for source in (a.train_x, a.test_x):
+        for i in range(len(source)):
+            if source.path(i) != str(bad):
+                assert source[i].shape == (3, 64, 64)
+                continue
+            with pytest.raises(StitchError, match=f"cannot read image {bad}: .*[Tt]runcated"):
+                source[i]
+
+
+def test_verify_option_skips_and_counts_unreadable_images(tmp_path):
+    write_truncated_jpeg(tmp_path)
+    a = load_data(f"imagefolder:{tmp_path / 'imgs'}@verify")
+    assert a.meta["skipped"]["count"] == 1
+    assert re.match(r"class_1/0\.jpg: .*[Tt]runcated", a.meta["skipped"]["examples"][0])
+    assert len(a.train_y) + len(a.test_y) == 5
+    assert read_all(a.train_x).shape[1:] == (3, 64, 64)  # everything left decodes
+
+
+def test_grey_folders_read_as_one_channel_unless_asked(tmp_path):
+    from PIL import Image
+
+    for c in range(2):
+        (tmp_path / "g" / f"c{c}").mkdir(parents=True)
+        for i in range(5):
+            Image.new("L", (12, 10), 40 + 150 * c).save(tmp_path / "g" / f"c{c}" / f"{i}.png")
+    a = load_data(f"imagefolder:{tmp_path / 'g'}")
+    assert a.meta["mode"] == "L" and a.train_x[0].shape == (1, 10, 12)
+    assert torch.equal((read_all(a.train_x)[:, 0, 0, 0] > 100).long(), a.train_y)
+    rgb = load_data(f"imagefolder:{tmp_path / 'g'}@rgb,8")
+    assert rgb.train_x[0].shape == (3, 8, 8)
+
+
+def test_lazy_source_feeds_a_dataloader_with_workers(tmp_path):
+    write_images(tmp_path / "imgs", per_class=6)
+    a = load_data(f"imagefolder:{tmp_path / 'imgs'}@24", DataOptions(train_size=12))
+    loader = torch.utils.data.DataLoader(a.train_x, batch_size=4, num_workers=2)
+    batches_read = list(loader)
+    assert [b.shape for b in batches_read] == [(4, 3, 24, 24)] * 3
+    assert torch.equal(dominant(torch.cat(batches_read)), a.train_y)
+
+
+# ------------------------------------------------------------------------------ imagenet
+WNIDS = ["n01440764", "n01443537", "n02012849", "n03126707"]
+NAMES_BY_WNID = {
+    "n01440764": ("tench", "Tinca tinca"),
+    "n01443537": ("goldfish", "Carassius auratus"),
+    "n02012849": ("crane",),
+    "n03126707": ("crane",),
+}
+
+
+def write_imagenet(root: Path, meta: bool) -> None:
+    """train/ with four WordNet-id folders, val/ lacking the second; torchvision's meta.bin."""
+    from PIL import Image
+
+    for split, wnids in (("train", WNIDS), ("val", [WNIDS[0], WNIDS[2], WNIDS[3]])):
+        for k, w in enumerate(wnids):
+            (root / split / w).mkdir(parents=True)
+            for i in range(2):
+                grey = 50 * WNIDS.index(w) + i
+                Image.new("RGB", (20, 16), (grey,) * 3).save(root / split / w / f"{w}_{k}{i}.JPEG")
+    if meta:
+        torch.save((NAMES_BY_WNID, []), root / "meta.bin")
+
+
+def test_imagenet_through_torchvision_names_classes_from_the_devkit(tmp_path):
+    write_imagenet(tmp_path / "inet", meta=True)
+    a = load_data(f"imagenet:{tmp_path / 'inet'}")
+    assert a.classes == ["tench", "goldfish", "crane (n02012849)", "crane (n03126707)"]
+    assert a.kind == "lazy" and a.meta["test_split"] == "val"
+    assert a.train_y.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert a.test_y.tolist() == [0, 0, 2, 2, 3, 3]  # val's own numbering mapped to train's
+    pixel = read_all(a.test_x)[:, 0, 0, 0].long()
+    assert torch.equal(pixel // 50, a.test_y)  # the image really is of that class
+    assert a.test_x[0].shape == (3, 16, 20)
+
+
+def test_imagenet_folders_without_devkit_and_bad_layouts(tmp_path):
+    write_imagenet(tmp_path / "inet", meta=False)
+    a = load_data(f"imagenet:{tmp_path / 'inet'}@8")
+    assert a.classes == WNIDS and a.meta["test_split"] == "val" and a.train_x[0].shape == (3, 8, 8)
+    (tmp_path / "tars").mkdir()
+    (tmp_path / "tars" / "ILSVRC2012_img_val.tar").write_bytes(b"")
+    with pytest.raises(StitchError, match="archives but not the extracted train/ and val/"):
+        load_data(f"imagenet:{tmp_path / 'tars'}")
+    with pytest.raises(StitchError, match="lacks train/ or val/"):
+        load_data(f"imagenet:{tmp_path}")
 
 
 # ------------------------------------------------------------------------------ CLI
@@ -457,15 +720,27 @@ def test_cli_datasets_json(fresh_cache):
     digits = by_name["digits"]
     assert digits["available"] and (digits["train"], digits["test"]) == (1438, 359)
     assert digits["image_shape"] == [1, 8, 8] and digits["plugin"] == "datasets"
+    assert digits["kind"] == "image"
     assert by_name["colour-mnist"]["variants"] == list(colour_mnist.VARIANTS)
     assert by_name["colour-mnist"]["image_shape"] == [3, 28, 28]
-    cifar = by_name["cifar10"]
-    assert not cifar["available"] and "STITCHCORE_DATA" in cifar["reason"]
+    for name in ("cifar10", "cifar100", "imagenet"):
+        assert not by_name[name]["available"] and "STITCHCORE_DATA" in by_name[name]["reason"]
     assert "needs a directory" in by_name["imagefolder"]["note"]
+    text = by_name["fortunes"]  # a text dataset has sizes but no image shape
+    if text["available"]:
+        assert (text["kind"], text["image_shape"], text["note"]) == ("text", None, None)
+        assert (text["train"], text["test"], text["classes"]) == (9613, 2401, 26)
 
 
-def test_cli_datasets_table():
-    result = run_cli()
+def test_cli_datasets_piped_is_plain_lines_with_full_names():
+    result = run_cli()  # CliRunner's stdout is not a terminal
     assert result.exit_code == 0, result.output
-    for name in ("digits", "mnist-5k", "colour-mnist", "4000/1000", "1438/359"):
-        assert name in result.output
+    lines = result.output.splitlines()
+    assert lines[0].split() == ["name", "here", "train/test", "classes", "input", "variants"]
+    by_name = {line.split()[0]: line.split() for line in lines[1 : 1 + len(NAMES)]}
+    assert set(by_name) == NAMES  # full names, one dataset per line
+    assert by_name["digits"][:5] == ["digits", "yes", "1438/359", "10", "(2)"]
+    assert by_name["colour-mnist"][-1] == "greyscale"  # the variants are not cut off
+    if by_name["fortunes"][1] == "yes":
+        assert by_name["fortunes"][2:5] == ["9613/2401", "26", "text"]
+    assert not any(ch in result.output for ch in "─━│┃…")

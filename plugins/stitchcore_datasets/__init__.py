@@ -9,9 +9,13 @@ splits are deterministic (fixed seeds, fixed files), so two runs see the same te
 - ``colour-mnist``: Smith & Marcu's colour-MNIST variants, generated from mnist-5k
 - ``clustered-noise``: Smith & Marcu's clustered random noise (activations of a given shape)
 - ``fashion-mnist``: Debian ``dataset-fashion-mnist`` files, or a torchvision download
-- ``cifar10``: CIFAR-10 from a directory the user has, or a torchvision download
-- ``imagefolder``: the user's own images in ImageFolder layout
+- ``cifar10``, ``cifar100``: CIFAR from a directory the user has, or a torchvision download
+- ``imagefolder``: the user's own images, one folder per class (read lazily)
+- ``imagenet``: ImageNet-1k the user has, torchvision's layout or train/val folders (lazily)
+- ``fortunes``: topic classification of Debian's ``fortunes`` quotations (text)
 
+The first five and the CIFARs are image tensors, imagefolder and imagenet lazy per-file
+sources, fortunes a list of strings (the three input kinds of ``stitchcore.datasets``).
 See docs/datasets.md.
 """
 
@@ -20,14 +24,30 @@ from __future__ import annotations
 import stitchcore
 
 from .cifar10 import Cifar10
+from .cifar100 import Cifar100
 from .clustered_noise import ClusteredNoise
 from .colour_mnist import ColourMnist
 from .digits import Digits
 from .fashion_mnist import FashionMNIST
+from .fortunes import Fortunes
 from .imagefolder import ImageFolder
+from .imagenet import ImageNet
 from .mnist5k import Mnist5k
 
-DATASETS = (Digits, Mnist5k, ColourMnist, ClusteredNoise, FashionMNIST, Cifar10, ImageFolder)
+__all__ = ["DATASETS", "register_datasets"]
+
+DATASETS = (
+    Digits,
+    Mnist5k,
+    ColourMnist,
+    ClusteredNoise,
+    FashionMNIST,
+    Cifar10,
+    Cifar100,
+    ImageFolder,
+    ImageNet,
+    Fortunes,
+)
 
 
 @stitchcore.hookimpl

@@ -13,6 +13,15 @@ from stitchcore.datasets import Dataset, DataSplits
 
 from ._store import tensor
 
+__all__ = [
+    "DIGIT_CLASSES",
+    "DIGIT_PARITY",
+    "PARITY_NAMES",
+    "SPLIT_SEED",
+    "make_splits",
+    "stratified_split",
+]
+
 SPLIT_SEED = 0
 
 

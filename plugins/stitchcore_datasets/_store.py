@@ -19,6 +19,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+__all__ = [
+    "ENV_DATA",
+    "ENV_OFFLINE",
+    "FORMAT",
+    "array_cache_dir",
+    "cache_root",
+    "cached_arrays",
+    "clear_memory",
+    "data_roots",
+    "download_dir",
+    "file_key",
+    "offline",
+    "tensor",
+]
+
 ENV_DATA = "STITCHCORE_DATA"
 ENV_OFFLINE = "STITCHCORE_OFFLINE"
 FORMAT = "v1"  # bump when the decoded layout changes

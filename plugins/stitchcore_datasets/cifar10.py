@@ -2,16 +2,16 @@
 
 Looked for in ``cifar10:PATH``, then ``$STITCHCORE_DATA`` (and its ``cifar10/`` subfolder), then
 a previous download in the user cache; downloaded there with torchvision when online. Both
-official layouts are read: torchvision's ``cifar-10-batches-py`` and the binary
-``cifar-10-batches-bin``. The python batches are pickles, so they are opened with an unpickler
-that only admits the numpy array constructors they need: a planted file cannot run code.
-No registry package ships CIFAR-10, so on an offline machine without it ``unavailable()`` says
-where to put it.
+official layouts are read: torchvision's ``cifar-10-batches-py`` (the files
+``torchvision.datasets.CIFAR10`` reads; see ``_cifar.py`` for why they are read here rather than
+through that class) and the binary ``cifar-10-batches-bin``. The 150 MB of pixels are held in
+memory as one uint8 tensor (the fast path) and cached decoded as ``.npz``. Class names come from
+``batches.meta`` when present. No registry package ships CIFAR-10, so on an offline machine
+without it ``unavailable()`` says where to put it.
 """
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +19,13 @@ import numpy as np
 from stitchcore.datasets import Dataset, DataSplits
 from stitchcore.errors import OfflineError, StitchError
 
+from ._cifar import find_files, read_bin, read_names, read_py, search_roots
 from ._split import make_splits
-from ._store import cached_arrays, data_roots, download_dir, file_key, offline
+from ._store import cached_arrays, download_dir, file_key, offline
 
-CLASSES = [
+__all__ = ["BIN_DIR", "CLASSES", "Cifar10", "LAYOUTS", "META", "PY_DIR", "TRAIN_BATCHES"]
+
+CLASSES = (
     "airplane",
     "automobile",
     "bird",
@@ -33,84 +36,33 @@ CLASSES = [
     "horse",
     "ship",
     "truck",
-]
+)
+# torchvision.datasets.CIFAR10's base_folder, train_list, test_list and meta file (a test checks
+# they still agree); the binary layout is the one the CIFAR page also publishes.
 PY_DIR, BIN_DIR = "cifar-10-batches-py", "cifar-10-batches-bin"
-TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+META = ("batches.meta", "label_names")
+LAYOUTS = (
+    ("py", PY_DIR, (*TRAIN_BATCHES, "test_batch")),
+    ("bin", BIN_DIR, tuple(f"{b}.bin" for b in (*TRAIN_BATCHES, "test_batch"))),
+)
 HOW_TO = (
     "download CIFAR-10 (https://www.cs.toronto.edu/~kriz/cifar.html), unpack it and use "
     "--data cifar10:PATH or set STITCHCORE_DATA=PATH, or run once with network access"
 )
 
 
-def find_batches(path: Path) -> tuple[str, list[Path]] | None:
-    """``(format, [train batches..., test batch])`` under ``path`` (the batches folder itself
-    or its parent), or None."""
-    for fmt, folder, ext in (("py", PY_DIR, ""), ("bin", BIN_DIR, ".bin")):
-        for d in (path, path / folder):
-            files = [d / (b + ext) for b in [*TRAIN_BATCHES, "test_batch"]]
-            if all(f.is_file() for f in files):
-                return fmt, files
-    return None
-
-
-def candidate_roots() -> list[Path]:
-    roots = []
-    for root in data_roots():
-        roots += [root, root / "cifar10", root / "cifar-10"]
-    roots.append(download_dir("cifar10"))
-    return roots
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Admits only what a CIFAR batch holds: dicts, lists, bytes and numpy arrays."""
-
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.numeric", "_frombuffer"),
-        ("_codecs", "encode"),
-    }
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in self.ALLOWED:
-            raise StitchError(f"refusing to unpickle {module}.{name} from a CIFAR-10 batch file")
-        return super().find_class(module, name)
-
-
-def read_py_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with open(path, "rb") as f:
-        batch = _ArrayUnpickler(f, encoding="latin1").load()
-    if not isinstance(batch, dict):
-        raise StitchError(f"{path}: not a CIFAR-10 batch (expected a dict)")
-    batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
-    labels = batch.get("labels", batch.get("fine_labels"))
-    if "data" not in batch or labels is None:
-        raise StitchError(f"{path}: not a CIFAR-10 batch (no data/labels)")
-    data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-    return data, np.asarray(labels, dtype=np.int64)
-
-
-def read_bin_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    raw = np.fromfile(path, dtype=np.uint8)
-    record = 1 + 3 * 32 * 32
-    if raw.size % record:
-        raise StitchError(f"{path}: size is not a multiple of a CIFAR-10 record ({record} bytes)")
-    raw = raw.reshape(-1, record)
-    return raw[:, 1:].reshape(-1, 3, 32, 32), raw[:, 0].astype(np.int64)
-
-
 def _decode(fmt: str, files: list[Path]) -> dict[str, np.ndarray]:
-    read = read_py_batch if fmt == "py" else read_bin_batch
-    parts = [read(f) for f in files]
+    parts = [
+        read_py(f, "CIFAR-10 batch", {"labels": 10}) if fmt == "py" else read_bin(f, {"labels": 10})
+        for f in files
+    ]
     train = parts[:-1]
     return {
         "train_x": np.concatenate([x for x, _ in train]),
-        "train_y": np.concatenate([y for _, y in train]),
+        "train_y": np.concatenate([y["labels"] for _, y in train]),
         "test_x": parts[-1][0],
-        "test_y": parts[-1][1],
+        "test_y": parts[-1][1]["labels"],
     }
 
 
@@ -122,10 +74,11 @@ class Cifar10(Dataset):
     coarse = {0: 0, 1: 0, 8: 0, 9: 0, 2: 1, 3: 1, 4: 1, 5: 1, 6: 1, 7: 1}
     coarse_classes = ("object", "animal")
 
-    def locate(self, variant: str | None = None) -> tuple[str, list[Path]] | None:
-        roots = [Path(variant).expanduser()] if variant else candidate_roots()
+    def locate(self, variant: str | None = None):
+        """``(format, folder, files)`` of the first CIFAR-10 copy found, or None."""
+        roots = [Path(variant).expanduser()] if variant else search_roots("cifar10")
         for root in roots:
-            found = find_batches(root)
+            found = find_files(root, LAYOUTS)
             if found:
                 return found
         return None
@@ -141,18 +94,21 @@ class Cifar10(Dataset):
             raise StitchError(f"no CIFAR-10 batches ({PY_DIR} or {BIN_DIR}) in {variant}")
         if found is None:
             found = self._download()
-        fmt, files = found
+        fmt, folder, files = found
         arrays = cached_arrays("cifar10-" + file_key(*files), lambda: _decode(fmt, files))
-        return make_splits(self, arrays, CLASSES, source=str(files[0].parent))
+        names = CLASSES
+        if fmt == "py":
+            names = read_names(folder / META[0], META[1], 10, CLASSES, "CIFAR-10 meta")
+        return make_splits(self, arrays, list(names), source=str(folder), format=fmt)
 
-    def _download(self) -> tuple[str, list[Path]]:
+    def _download(self):
         if offline():
             raise OfflineError(f"CIFAR-10 is not on this machine and it is offline; {HOW_TO}")
         from torchvision.datasets import CIFAR10
 
         root = download_dir("cifar10")
         CIFAR10(str(root), train=True, download=True)
-        found = find_batches(root)
+        found = find_files(root, LAYOUTS)
         if found is None:
             raise StitchError(f"torchvision downloaded CIFAR-10 but no batches in {root}")
         return found

@@ -22,6 +22,8 @@ import torch
 from stitchcore.datasets import Dataset, DataSplits
 from stitchcore.errors import StitchError
 
+__all__ = ["ClusteredNoise", "generate", "parse_variant"]
+
 USAGE = "clustered-noise needs an activation shape: --data clustered-noise:64x7x7[,noise=0.1]"
 DEFAULTS = {"noise": 0.1, "train": 600, "test": 100, "classes": 10, "seed": 0}
 MAX_VALUES = 2**28  # 1 GiB of float32 per split: beyond this, ask for fewer samples

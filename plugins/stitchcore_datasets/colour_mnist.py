@@ -34,6 +34,17 @@ from ._split import DIGIT_CLASSES, DIGIT_PARITY, PARITY_NAMES, make_splits
 from ._store import cached_arrays
 from .mnist5k import HOW_TO, csv_path, mnist5k_arrays
 
+__all__ = [
+    "COLOUR_NAMES",
+    "ColourMnist",
+    "JITTER",
+    "PALETTE",
+    "VARIANTS",
+    "build",
+    "make_variant",
+    "nearest_colour",
+]
+
 PALETTE = np.array(
     [
         (255, 0, 0),  # red

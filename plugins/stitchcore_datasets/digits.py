@@ -15,6 +15,8 @@ from stitchcore.errors import StitchError
 from ._split import DIGIT_CLASSES, DIGIT_PARITY, PARITY_NAMES, make_splits, stratified_split
 from ._store import cached_arrays
 
+__all__ = ["Digits"]
+
 
 class Digits(Dataset):
     name = "digits"

@@ -17,6 +17,16 @@ from ._split import make_splits
 from ._store import cached_arrays, data_roots, download_dir, file_key, offline
 from .idx import read_idx
 
+__all__ = [
+    "CLASSES",
+    "DEBIAN_DIR",
+    "FILES",
+    "FashionMNIST",
+    "HOW_TO",
+    "candidate_dirs",
+    "find_files",
+]
+
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 FILES = {
     "train_x": "train-images-idx3-ubyte",

