@@ -1,8 +1,14 @@
 """Named cuts and the public cutting API: ``list_cuts`` and ``split``.
 
 Cut names are module paths (``layer2``, ``blocks.5``) that resolve to the last graph node inside
-that module, or raw node names (``layer1.0.add``). Every cut handed out satisfies
-``suffix(prefix(x)) == model(x)``: a cut that would not is never listed.
+that module (or, for an element of a block loop whose residual is added in the parent's loop,
+to the end of that loop iteration: iteration.py), or raw node names (``layer1.0.add``). Every
+cut handed out satisfies ``suffix(prefix(x), x) == model(x)``: a cut that would not is never
+listed.
+
+A model may take several inputs: the example is then a tuple (positional inputs) or a dict
+(keyword inputs). The first is the *primary* input, the one whose activations cross the cut;
+the others are side inputs that a suffix reads from the receiver's own inputs (tracing.py).
 
 Default cuts are block/stage boundaries starting with the stem. They come from the model's
 hints (a plugin's, e.g. timm's ``feature_info``), repaired where those names do not resolve or
@@ -14,17 +20,42 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import fx, nn
-from torch.utils._pytree import tree_flatten, tree_map
 
 from . import default_hints, plugins
 from .errors import CutError, StitchError, UnknownNameError
-from .graph import CutPoint, TracedGraph, TracerPolicy, _resize_batch, outputs_close
+from .graph import (
+    CutPoint,
+    TracedGraph,
+    TracerPolicy,
+    batch_size,
+    outputs_close,
+    resize_batch,
+)
+from .iteration import iteration_end
 from .layout import fast_layout
 from .sources import LoadedModel
 from .spec import ActivationSpec, InputSpec, ModelHints, infer_activation_spec
+from .tracing import call_model, primary_input
+
+__all__ = [
+    "Cut",
+    "CutBackend",
+    "Cutter",
+    "FxBackend",
+    "batch_size",
+    "call_model",
+    "example_for",
+    "list_cuts",
+    "model_hints",
+    "recomposes",
+    "resize_batch",
+    "run_suffix",
+    "split",
+]
 
 
 @dataclass(frozen=True)
@@ -45,9 +76,11 @@ class CutBackend:
     """Lists, resolves and splits the cuts of one model. The core's FX backend implements it;
     a plugin can provide another through the ``cut_backend`` hook.
 
-    ``split`` returns ``(prefix, suffix)``: ``prefix(x) -> act``. A suffix that needs side
-    inputs recomputed from the model's own input (attention masks) sets
-    ``needs_context = True`` and is called as ``suffix(act, x)``; others as ``suffix(act)``.
+    ``split`` returns ``(prefix, suffix)``: ``prefix(x) -> act``, where ``x`` is the whole
+    input as the example gives it (a tensor, a tuple or a dict). A suffix that needs side
+    inputs from the model's own input (attention masks, a second modality) sets
+    ``needs_context = True`` and is called as ``suffix(act, x)``; others as ``suffix(act)``
+    (``run_suffix`` does either).
     """
 
     def default_cuts(self) -> list[Cut]:
@@ -94,7 +127,7 @@ class CutBackend:
 class FxBackend(CutBackend):
     """Cuts through a torch.fx (or torch.export) graph; see graph.py."""
 
-    def __init__(self, model: nn.Module, example: torch.Tensor, hints: ModelHints) -> None:
+    def __init__(self, model: nn.Module, example: Any, hints: ModelHints) -> None:
         policy = TracerPolicy.merge(plugins.call_all("tracer_policy", model=model))
         self.graph = TracedGraph(model, example, policy)
         self.hints = hints
@@ -102,7 +135,8 @@ class FxBackend(CutBackend):
         self.model_name = type(model).__name__
         self.module_paths = {name for name, _ in model.named_modules() if name}
         self._valid = {p.node: p for p in self.graph.valid_cuts()}
-        self._image_hw = tuple(example.shape[-2:]) if example.dim() == 4 else None
+        primary = primary_input(example)  # the input whose activations cross a cut
+        self._image_hw = tuple(primary.shape[-2:]) if primary.dim() == 4 else None
         self.skipped: list[str] = []
 
     # ------------------------------------------------------------------ listing
@@ -192,22 +226,31 @@ class FxBackend(CutBackend):
 
     # ------------------------------------------------------------------ resolving
     def _node_for(self, name: str) -> fx.Node:
+        """The node a name means: a node's own name, else the last node inside that module.
+        A module that is one element of a block loop, and whose own last node is no valid cut
+        (the residual is added in the parent's loop), means the end of its loop iteration
+        (iteration.py) when that is a valid cut."""
         g = self.graph
-        if name in g.by_name:
-            return g.by_name[name]
-        if name in self.module_paths:
+        node = g.by_name.get(name)
+        if node is None and name in self.module_paths:
             inside = [n for n in g.order if g.names[n].startswith(name + ".")]
-            if inside:
-                return inside[-1]
-            leaf = self._enclosing_node(name)
-            if leaf:
-                raise CutError(
-                    f"cannot cut at {name!r}: it runs inside {leaf!r}, which is traced as one "
-                    f"node (a leaf module); cut at {leaf!r} instead"
-                )
-            raise CutError(f"module {name!r} has no node of its own in the traced graph")
-        known = [c.name for c in self.all_cuts()] + sorted(self.module_paths)
-        raise UnknownNameError("cut", name, known, hint="`stitch cuts MODEL --all` lists them")
+            if not inside:
+                leaf = self._enclosing_node(name)
+                if leaf:
+                    raise CutError(
+                        f"cannot cut at {name!r}: it runs inside {leaf!r}, which is traced as "
+                        f"one node (a leaf module); cut at {leaf!r} instead"
+                    )
+                raise CutError(f"module {name!r} has no node of its own in the traced graph")
+            node = inside[-1]
+        if node is None:
+            known = [c.name for c in self.all_cuts()] + sorted(self.module_paths)
+            raise UnknownNameError("cut", name, known, hint="`stitch cuts MODEL --all` lists them")
+        if node not in self._valid and name in self.module_paths:
+            end = iteration_end(g, self.model, name, self._valid)
+            if end is not None:
+                return end
+        return node
 
     def _enclosing_node(self, name: str) -> str | None:
         parts = name.split(".")
@@ -232,9 +275,9 @@ class FxBackend(CutBackend):
             raise StitchError("an extractor needs at least one cut")
         return self.graph.extractor([self._point(c).node for c in cuts])
 
-    def reference(self, x: torch.Tensor):
+    def reference(self, x):
         # the traced copy equals the model (checked when traced) in its own layout
-        return self.graph.gm(x)
+        return self.graph.call(x)
 
     def fast_layout(self) -> bool:
         fast_layout(self.graph.gm)
@@ -313,10 +356,18 @@ def model_hints(model: nn.Module | LoadedModel) -> ModelHints:
 
 
 def example_for(model: nn.Module | LoadedModel, example_input=None, batch: int = 2):
-    """A batched example input: the one given, else from the model's input spec."""
+    """A batched example input: the one given, else from the model's input spec.
+
+    A tensor, a tuple of tensors (positional inputs) or a dict of them (keyword inputs), every
+    tensor batch first (a plugin's cut backend may take other structures, such as HF's
+    tokenizer output).
+    """
     if example_input is not None:
         if batch_size(example_input) is None:
-            raise StitchError("example_input must be a batched tensor (batch dimension first)")
+            raise StitchError(
+                "example_input must be a batched tensor (batch dimension first), or a "
+                "tuple/dict of them"
+            )
         return example_input
     spec: InputSpec | None = model_hints(model).input
     if spec is None:
@@ -327,25 +378,10 @@ def example_for(model: nn.Module | LoadedModel, example_input=None, batch: int =
     return spec.example(batch)
 
 
-def batch_size(example) -> int | None:
-    """The batch size of an example input (a tensor, or a mapping/tuple of tensors such as a
-    tokenizer's output), or None when it holds no batched tensor."""
-    leaves = [t for t in tree_flatten(example)[0] if isinstance(t, torch.Tensor) and t.dim()]
-    return leaves[0].shape[0] if leaves else None
-
-
-def resize_batch(example, batch: int):
-    """The example with ``batch`` samples (its own samples repeated or cut), every tensor
-    in it alike."""
-    return tree_map(
-        lambda t: _resize_batch(t, batch) if isinstance(t, torch.Tensor) and t.dim() else t,
-        example,
-    )
-
-
-def recomposes(prefix: nn.Module, suffix: nn.Module, x: torch.Tensor, expected) -> bool:
-    """``suffix(prefix(x))`` equals ``expected`` (same dtypes, allclose 1e-5) and the suffix
-    left the activation it was handed untouched."""
+def recomposes(prefix: nn.Module, suffix: nn.Module, x, expected) -> bool:
+    """``suffix(prefix(x), x)`` (``x`` only for a suffix that ``needs_context``) equals
+    ``expected`` (same dtypes, allclose 1e-5) and the suffix left the activation it was handed
+    untouched."""
     with torch.no_grad():
         act = prefix(x)
         before = act.clone()
@@ -361,6 +397,9 @@ class Cutter:
 
     Every listed cut is verified on a batch of a different size than the example (one more
     sample), so a cut whose suffix only works at the example's batch size is never listed.
+
+    ``example_input`` is a tensor, or a tuple/dict of tensors for a model with several inputs
+    (see the module docstring); prefixes, extractors and ``reference`` take it as one argument.
     """
 
     def __init__(self, model: nn.Module | LoadedModel, example_input=None) -> None:
@@ -370,7 +409,7 @@ class Cutter:
         self.example = example_for(model, example_input)
         backend = plugins.call_first("cut_backend", model=self.module, example=self.example)
         self.backend: CutBackend = backend or FxBackend(self.module, self.example, self.hints)
-        self.expected = self._reference(self.example)
+        self.expected = self.reference(self.example)
         self._verified: dict[str, bool] = {}
         self._check_input: torch.Tensor | None = None
         self._check_expected = None
@@ -403,7 +442,7 @@ class Cutter:
             return
         if self._check_input is None:
             self._check_input = resize_batch(self.example, batch_size(self.example) + 1)
-            self._check_expected = self._reference(self._check_input)
+            self._check_expected = self.reference(self._check_input)
         self._verified.update(self.backend.verify(todo, self._check_input, self._check_expected))
 
     def fast_layout(self) -> Cutter:
@@ -414,12 +453,15 @@ class Cutter:
         Inception-v3), not to the 1e-5 the plain cutter guarantees. The caller's model is not
         touched."""
         if self.backend.fast_layout():
-            self.expected = self._reference(self.example)
+            self.expected = self.reference(self.example)
             self._check_input = self._check_expected = None
         return self
 
     @torch.no_grad()
-    def _reference(self, x: torch.Tensor):
+    def reference(self, x):
+        """The output every split is checked against on input ``x`` (given as the example is):
+        the backend's own copy of the model (the FX graph, equal to the model), else
+        ``module(x)`` for a plugin backend, which calls its model with the whole input."""
         out = self.backend.reference(x)
         return self.module(x) if out is None else out
 

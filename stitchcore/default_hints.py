@@ -3,7 +3,9 @@
 A block/stage container is a top-level child that is a Sequential/ModuleList named like
 ``blocks``, ``stages``, ``layers`` or ``features``, or a run of top-level children named
 ``layer1``, ``layer2`` … (torchvision ResNets). The default cuts are the stem (the last top-level
-child before the first block) followed by each block.
+child before the first block) followed by each block. In a hand-written model that adds each
+block's residual in its own loop, a block's name resolves to the end of that loop iteration
+(iteration.py), so the same names serve.
 
 A container of single layers (VGG's ``features``: conv, relu, conv, relu, pool …) has no
 blocks; its boundaries are taken after each downsampling layer (pooling, strided conv), which is
@@ -18,6 +20,8 @@ from torch import nn
 
 from .hookspecs import hookimpl
 from .spec import ModelHints
+
+__all__ = ["NUMBERED", "block_cuts", "default_cuts", "model_hints"]
 
 _CONTAINER_NAMES = ("blocks", "stages", "layers", "layer", "encoder", "features", "trunk")
 NUMBERED = re.compile(r"(layer|stage|block|level|s)\d+")

@@ -1,205 +1,73 @@
 """Tracing a model into a graph and cutting that graph into prefix and suffix.
 
 torch.fx first (with module-path node names and the tracer policies plugins contribute), then
-``torch.export`` (non-strict, dynamic batch) when FX fails or disagrees with eager. Both give an
-``fx.GraphModule`` and a name for every node, so one cutting routine serves both.
+``torch.export`` (non-strict, dynamic batch) when FX fails or disagrees with eager; see
+tracing.py. Both give an ``fx.GraphModule`` and a name for every node, so one cutting routine
+serves both.
 
-A node is a *valid cut* when, right after it, the only input-dependent value still needed later
-is the node's own tensor. Values that only depend on the input's *shape* may also cross: each is
-replayed in the suffix, either as a constant (same value for two batch sizes) or from the
-activation's batch size; anything else crossing (a skip connection) makes the cut invalid.
+A node is a *valid cut* when, right after it, the only value carrying data from the *primary*
+input still needed later is the node's own tensor. Values that only depend on the input's
+*shape* may also cross: each is replayed in the suffix, either as a constant (same value for two
+batch sizes) or from the activation's batch size, and what is computed from them alone (a mask
+of the input's size) is recomputed there; anything else crossing (a skip connection) makes the
+cut invalid. Values computed from *side* inputs (a mask, a second modality: every input of a
+tuple or dict example but the first) do not cross either: the suffix recomputes them from the
+receiver's own inputs, and is then called ``suffix(act, inputs)`` (``needs_context = True``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
 import io
 import operator
-import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from types import ModuleType
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import fx, nn
-from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from .errors import CutError, StitchError
+from .tracing import (
+    TracerPolicy,
+    batch_size,
+    call_model,
+    check_example,
+    flat_tensors,
+    input_keys,
+    input_value,
+    outputs_close,
+    resize_batch,
+    resize_tensor_batch,
+    trace_export,
+    trace_fx,
+)
+
+__all__ = [
+    "BACKENDS",
+    "CutPoint",
+    "TensorMeta",
+    "TracedGraph",
+    "TracerPolicy",
+    "batch_size",
+    "flat_tensors",
+    "outputs_close",
+    "resize_batch",
+    "resize_tensor_batch",
+    "tree_map_nodes",
+]
 
 
-@dataclass
-class TracerPolicy:
-    """What a tracer must not look inside (leaf modules) or trace through (autowrap)."""
-
-    leaf_modules: tuple[type, ...] = ()
-    autowrap_functions: tuple[Callable, ...] = ()
-    autowrap_modules: tuple[ModuleType, ...] = ()
-
-    @classmethod
-    def merge(cls, policies: Iterable[TracerPolicy]) -> TracerPolicy:
-        leaves: dict[type, None] = {}
-        funcs: dict[Callable, None] = {}
-        mods: dict[ModuleType, None] = {}
-        for p in policies:
-            leaves.update(dict.fromkeys(p.leaf_modules))
-            funcs.update(dict.fromkeys(p.autowrap_functions))
-            mods.update(dict.fromkeys(p.autowrap_modules))
-        return cls(tuple(leaves), tuple(funcs), tuple(mods))
-
-
-class _PathTracer(fx.Tracer):
-    """FX tracer that names each node by module path, like torchvision's feature extraction:
-    ``layer1.0.conv1`` for a module call, ``layer1.0.add`` for an op inside ``layer1.0``, and
-    ``layer1.0.relu_1`` when a name repeats."""
-
-    def __init__(self, policy: TracerPolicy) -> None:
-        import math
-
-        super().__init__(
-            autowrap_modules=(math, *policy.autowrap_modules),
-            autowrap_functions=policy.autowrap_functions,
-            param_shapes_constant=True,
-        )
-        self._leaves = policy.leaf_modules
-        self._scope = ""
-        self.names: dict[fx.Node, str] = {}
-        self._seen: dict[str, int] = {}
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if self._leaves and isinstance(m, self._leaves):
-            return True
-        return super().is_leaf_module(m, qualname)
-
-    def call_module(self, m, forward, args, kwargs):
-        outer = self._scope
-        self._scope = self.path_of_module(m)
-        try:
-            return super().call_module(m, forward, args, kwargs)
-        finally:
-            self._scope = outer
-
-    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, *rest, **kw):
-        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, *rest, **kw)
-        node = proxy.node
-        if kind == "call_module":
-            base = str(target)
-        elif kind in ("call_function", "call_method"):
-            op = re.sub(r"_\d+$", "", node.name)
-            base = f"{self._scope}.{op}" if self._scope else op
-        elif kind == "get_attr":
-            base = str(target)
-        else:
-            base = node.name
-        self.names[node] = _dedupe(base, self._seen)
-        return proxy
-
-
-def _dedupe(base: str, seen: dict[str, int]) -> str:
-    count = seen.get(base, 0)
-    seen[base] = count + 1
-    return base if count == 0 else f"{base}_{count}"
-
-
-def _flat_tensors(value: Any) -> list[torch.Tensor]:
-    return [v for v in tree_flatten(value)[0] if isinstance(v, torch.Tensor)]
-
-
-def outputs_close(a: Any, b: Any, atol: float = 1e-5, rtol: float = 1e-5) -> bool:
-    """Same structure of tensors, same dtypes, allclose."""
-    fa, fb = _flat_tensors(a), _flat_tensors(b)
-    return len(fa) == len(fb) and all(
-        x.shape == y.shape and x.dtype == y.dtype and torch.allclose(x, y, atol=atol, rtol=rtol)
-        for x, y in zip(fa, fb)
-    )
-
-
-# ----------------------------------------------------------------------------- tracing
-def _trace_fx(model: nn.Module, policy: TracerPolicy) -> tuple[fx.GraphModule, dict]:
-    tracer = _PathTracer(policy)
-    graph = tracer.trace(model, concrete_args=_constant_defaults(model) or None)
-    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
-    return gm, {n: tracer.names.get(n, n.name) for n in gm.graph.nodes}
-
-
-def _constant_defaults(model: nn.Module) -> dict[str, Any]:
-    """Optional inputs left at their defaults (``mask=None``, ``is_causal=False``) are traced
-    as constants, so ``if mask is not None`` / ``if is_causal`` take the branch the model takes
-    when called with its one input (left as placeholders they would be Proxies)."""
-    try:
-        params = list(inspect.signature(model.forward).parameters.values())
-    except (TypeError, ValueError):
-        return {}
-    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return {
-        p.name: p.default
-        for p in params[1:]
-        if p.kind in kinds and (p.default is None or type(p.default) in (bool, int, float, str))
-    }
-
-
-def _module_path(node: fx.Node) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return ""
-    path = list(stack.values())[-1][0]
-    # older torch spells paths like "L['self'].layer1.0" or "L__self___layer1_0"
-    path = re.sub(r"^L\['self'\]\.?", "", str(path))
-    return path
-
-
-def _trace_export(model: nn.Module, example: torch.Tensor) -> tuple[fx.GraphModule, dict]:
-    from torch.export import Dim, export
-
-    ep = export(model, (example,), strict=False, dynamic_shapes=({0: Dim("batch")},))
-    gm = _plain_calling_convention(ep.module())
-    seen: dict[str, int] = {}
-    names = {}
-    for n in gm.graph.nodes:
-        if n.op in ("call_function", "call_method"):
-            op = re.sub(r"_\d+$", "", n.name)
-            path = _module_path(n)
-            names[n] = _dedupe(f"{path}.{op}" if path else op, seen)
-        else:
-            names[n] = _dedupe(n.name, seen)
-    return gm, names
-
-
-def _plain_calling_convention(gm: fx.GraphModule) -> fx.GraphModule:
-    """Make an exported module take its input and return its output like the model does.
-
-    ``ExportedProgram.module()`` flattens inputs and outputs with pytree code generation; a
-    prefix or suffix copied from its graph would return a flat tuple. Here the graph itself
-    rebuilds the model's output structure (a single tensor stays a tensor).
-    """
-    info = getattr(gm.graph._codegen, "pytree_info", None)
-    if info is None:
-        return gm
-    graph = gm.graph
-    output = next(n for n in graph.nodes if n.op == "output")
-    leaves = list(output.args[0])
-    graph.set_codegen(fx.graph.CodeGen())
-    if info.out_spec is None or info.out_spec.is_leaf():
-        result = leaves[0]
-    else:
-        gm.stitch_out_spec = info.out_spec
-        with graph.inserting_before(output):
-            spec = graph.get_attr("stitch_out_spec")
-            result = graph.call_function(tree_unflatten, (leaves, spec))
-    output.args = (result,)
-    gm.recompile()
-    return gm
+_flat_tensors = flat_tensors  # the old private name, kept until every caller uses the new one
 
 
 @dataclass
 class CutPoint:
-    """A node of the traced graph that is a valid cut, with what the suffix must replay."""
+    """A node of the traced graph that is a valid cut (found by ``valid_cuts``/``cut_point``)."""
 
     node: fx.Node
     name: str  # the node's qualified name
-    replay: dict[fx.Node, Any] = field(default_factory=dict)  # shape value -> constant/batch
 
 
 _BATCH = object()  # marker: "this value is the batch size"
@@ -212,40 +80,72 @@ BACKENDS: tuple[str, ...] = ("fx", "export")
 class TracedGraph:
     """A model traced once, analysed for cuts, and cut as often as needed.
 
-    ``example`` is a batched input (batch size ≥ 2). Raises StitchError when neither FX nor
-    torch.export can trace the model faithfully.
+    ``example`` is a batched input (batch size ≥ 2): a tensor, a tuple of tensors (positional
+    inputs) or a dict of them (keyword inputs); see tracing.py. Raises StitchError when the
+    example does not fit the model or neither FX nor torch.export can trace it faithfully.
+
+    Calling conventions of what it builds: a prefix or extractor takes the whole input as one
+    argument (``prefix(x)``, ``prefix((a, b))``, ``prefix({"x": …, "mask": …})``); a suffix
+    takes the activation, plus that whole input when it reads side inputs
+    (``needs_context = True``: ``suffix(act, inputs)``).
     """
 
-    def __init__(self, model: nn.Module, example: torch.Tensor, policy: TracerPolicy) -> None:
+    def __init__(self, model: nn.Module, example: Any, policy: TracerPolicy) -> None:
         self.model = copy.deepcopy(model).eval()  # tracing can poison module caches
         self.example = example
+        self.multi = input_keys(example) != [None]  # validates the example's structure
+        check_example(self.model, example)
+        label = type(model).__name__
+        try:
+            with torch.no_grad():
+                expected = call_model(self.model, example)
+        except Exception as exc:  # the user's example does not fit the user's model
+            raise StitchError(
+                f"{label} fails on example_input: {type(exc).__name__}: {_first_line(exc)}"
+            ) from exc
         errors = []
-        with torch.no_grad():
-            expected = self.model(example)
         self.backend = ""
         for backend in BACKENDS:
             try:
                 traced = copy.deepcopy(self.model)
                 if backend == "fx":
-                    gm, names = _trace_fx(traced, policy)
+                    trace = trace_fx(traced, example, policy)
                 else:
-                    gm, names = _trace_export(traced, example)
+                    trace = trace_export(traced, example)
+                self.gm, self.names, self.input_keys = trace.gm, trace.names, trace.keys
                 # a failing GraphModule prints its generated code to stderr before raising
                 with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
-                    got = gm(example)
+                    got = self.call(example)
                 if not outputs_close(got, expected):
                     raise StitchError("traced graph's output differs from the model's")
-                self.gm, self.names, self.backend = gm, names, backend
+                self.backend = backend
                 break
             except Exception as exc:  # any tracer failure means: try the next backend
-                errors.append(f"{backend}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+                errors.append(f"{backend}: {type(exc).__name__}: {_first_line(exc)}")
         if not self.backend:
             raise StitchError(
-                f"cannot trace {type(model).__name__} with torch.fx or torch.export ({'; '.join(errors)})"
+                f"cannot trace {label} with torch.fx or torch.export ({'; '.join(errors)})"
             )
         self.trace_errors = errors
         self.expected = expected
         self._analyse()
+
+    def graph_args(self, inputs: Any) -> list[Any]:
+        """The graph module's positional arguments for ``inputs``: each input placeholder's
+        part of the input, each constant placeholder's default."""
+        args = []
+        for p in self.gm.graph.find_nodes(op="placeholder"):
+            if p in self.input_keys:
+                args.append(input_value(inputs, self.input_keys[p]))
+            elif p.args:
+                args.append(p.args[0])
+            else:
+                raise StitchError(f"internal: graph input {p.name!r} has no value")
+        return args
+
+    def call(self, inputs: Any) -> Any:
+        """The traced graph's output on ``inputs`` (given as the model's example is)."""
+        return self.gm(*self.graph_args(inputs))
 
     # ------------------------------------------------------------------ analysis
     def _analyse(self) -> None:
@@ -265,21 +165,41 @@ class TracedGraph:
         self.pos = {n: i for i, n in enumerate(self.order)}
         self.output = output
         placeholders = [n for n in self.order if n.op == "placeholder"]
-        # placeholders with a default (attn_mask=None, …) are constants
-        self.inputs = [p for p in placeholders if not p.args]
-        self.constants = {p: p.args[0] for p in placeholders if p.args}
-        if len(self.inputs) != 1:
-            raise StitchError(
-                f"{type(self.model).__name__} takes {len(self.inputs)} required inputs; the "
-                "FX cutting path handles single-input models (use a plugin's cut backend)"
-            )
-        dep: set[fx.Node] = set(self.inputs)
+        # placeholders the example does not give (attn_mask=None, …) are constants
+        self.inputs = [p for p in placeholders if p in self.input_keys]
+        self.constants = {p: p.args[0] for p in placeholders if p not in self.input_keys}
+        first = input_keys(self.example)[0]
+        self.primary = next(p for p in self.inputs if self.input_keys[p] == first)
+        self.input_dependent = self._reachable(self.inputs)
+        self.primary_dependent = self._reachable([self.primary])
+        self.by_name = {self.names[n]: n for n in self.order}
+        self._record()
+        self.carried = self._carried()
+
+    def _reachable(self, sources: list[fx.Node]) -> set[fx.Node]:
+        dep: set[fx.Node] = set(sources)
         for n in self.order:
             if any(a in dep for a in n.all_input_nodes):
                 dep.add(n)
-        self.input_dependent = dep
-        self.by_name = {self.names[n]: n for n in self.order}
-        self._record()
+        return dep
+
+    def _carried(self) -> set[fx.Node]:
+        """The values that carry data from the primary input: what a cut must hand over.
+
+        Dependence passes through every node except a replayable shape value (``x.shape``,
+        ``B``): what is computed from those, side inputs and constants alone (a mask of the
+        input's size) a suffix recomputes. A value that an in-place op carrying data writes into
+        carries data too.
+        """
+        carried = {self.primary}
+        for n in self.order:
+            if n in carried or not any(a in carried for a in n.all_input_nodes):
+                continue
+            if self._replay_value(n) is None:
+                carried.add(n)
+                if _is_inplace(n, self.gm) and n.args and isinstance(n.args[0], fx.Node):
+                    carried.add(n.args[0])
+        return carried
 
     def _record(self) -> None:
         """Run on two batch sizes: tensor metadata for every node, values of non-tensors."""
@@ -287,8 +207,8 @@ class TracedGraph:
         self.scalar: dict[fx.Node, tuple[Any, Any]] = {}
         runs = []
         for batch in (2, 3):
-            x = _resize_batch(self.example, batch)
-            runs.append(_run_recording(self.gm, self.order, x))
+            args = self.graph_args(resize_batch(self.example, batch))
+            runs.append(_run_recording(self.gm, self.order, args))
         (vals2, meta2), (vals3, meta3) = runs
         self.meta = meta2
         self.meta_other = meta3
@@ -304,20 +224,15 @@ class TracedGraph:
         a, b = self.scalar[n]
         return _replay(a, b)
 
-    def crossing(self, node: fx.Node) -> tuple[list[fx.Node], dict[fx.Node, Any]]:
-        """Input-dependent values other than ``node`` still needed after it: (blocking, replay)."""
+    def crossing(self, node: fx.Node) -> list[fx.Node]:
+        """Values carrying data from the primary input, other than ``node``, still needed
+        after it: what blocks a cut there."""
         i = self.pos[node]
-        blocking, replay = [], {}
-        for n in self.order[: i + 1]:
-            if n is node or n not in self.input_dependent:
-                continue
-            if any(self.pos.get(u, -1) > i for u in n.users):
-                how = self._replay_value(n)
-                if how is None:
-                    blocking.append(n)
-                else:
-                    replay[n] = how
-        return blocking, replay
+        return [
+            n
+            for n in self.order[: i + 1]
+            if n is not node and n in self.carried and any(self.pos.get(u, -1) > i for u in n.users)
+        ]
 
     def batch_first(self, node: fx.Node) -> bool:
         """Is ``node`` a tensor whose first dimension is the batch (2 and 3 samples in the
@@ -334,18 +249,15 @@ class TracedGraph:
         live: set[fx.Node] = set()
         cuts = []
         for i, n in enumerate(self.order):
-            if n in self.input_dependent:
+            if n in self.carried:
                 live.add(n)
             live = {m for m in live if last_use[m] > i}
             if n.op in ("placeholder", "output") or not isinstance(self.meta.get(n), TensorMeta):
                 continue
-            if n not in self.input_dependent or last_use[n] <= i or not self.batch_first(n):
+            if n not in self.carried or last_use[n] <= i or not self.batch_first(n):
                 continue
-            others = live - {n}
-            replay = {m: self._replay_value(m) for m in others}
-            if any(v is None for v in replay.values()):
-                continue
-            cuts.append(CutPoint(n, self.names[n], replay))
+            if not live - {n}:
+                cuts.append(CutPoint(n, self.names[n]))
         return cuts
 
     def cut_point(self, node: fx.Node) -> CutPoint:
@@ -356,6 +268,16 @@ class TracedGraph:
             raise CutError(f"cannot cut at the model's {node.op} {name!r}")
         if node not in self.input_dependent:
             raise CutError(f"{name!r} does not depend on the input (a constant or parameter)")
+        if node not in self.primary_dependent:
+            raise CutError(
+                f"{name!r} depends only on side inputs, not on the primary input "
+                f"{self.names[self.primary]!r}: a suffix recomputes it from its own inputs"
+            )
+        if node not in self.carried:
+            raise CutError(
+                f"{name!r} depends on the input's shape only, not on its values (a suffix "
+                "recomputes it)"
+            )
         if not isinstance(meta, TensorMeta):
             raise CutError(f"{name!r} is not a tensor (it is {type(meta).__name__})")
         if not self.batch_first(node):
@@ -365,7 +287,7 @@ class TracedGraph:
                 f"{list(meta.shape)} for a batch of 2, {other} for 3), so its "
                 "activations cannot be handed over sample by sample"
             )
-        blocking, replay = self.crossing(node)
+        blocking = self.crossing(node)
         if blocking:
             details = ", ".join(
                 f"{self.names[b]} (used by {self._later_user(b, node)})" for b in blocking
@@ -374,7 +296,7 @@ class TracedGraph:
                 f"cut {name!r} is not a single-tensor cut (e.g. it crosses a skip connection): "
                 f"besides {name!r}, these values cross it: {details}"
             )
-        return CutPoint(node, name, replay)
+        return CutPoint(node, name)
 
     def _later_user(self, value: fx.Node, cut: fx.Node) -> str:
         later = [u for u in value.users if self.pos.get(u, -1) > self.pos[cut]]
@@ -386,7 +308,8 @@ class TracedGraph:
 
     def extractor(self, nodes: list[fx.Node]) -> fx.GraphModule:
         """A module computing the given nodes' values from the input: one node → a tensor,
-        several → a tuple (one pass yields all of a sender's cuts).
+        several → a tuple (one pass yields all of a sender's cuts). It takes the whole input
+        as one argument, as the model's example is given.
 
         A requested value that a later op of the same pass modifies in place (resnet's
         ``layer1.0.add`` before its in-place ReLU) is cloned where it is produced, so each
@@ -396,8 +319,13 @@ class TracedGraph:
         ordered = [n for n in self.order if n in keep]
         g = fx.Graph()
         env: dict[fx.Node, Any] = {}
-        for p in self.inputs:
-            env[p] = g.placeholder(p.name)
+        if self.multi:
+            whole = g.placeholder("inputs")
+            for p in self.inputs:
+                if p in keep:
+                    env[p] = g.call_function(operator.getitem, (whole, self.input_keys[p]))
+        else:
+            env[self.primary] = g.placeholder(self.primary.name)
         wanted = set(nodes)
         snapshot: dict[fx.Node, Any] = {}
         for k, n in enumerate(ordered):
@@ -427,7 +355,7 @@ class TracedGraph:
             if not stack:
                 return keep
 
-    def verify(self, points: list[CutPoint], x: torch.Tensor, expected: Any) -> dict[fx.Node, bool]:
+    def verify(self, points: list[CutPoint], x: Any, expected: Any) -> dict[fx.Node, bool]:
         """Check ``suffix(prefix(x)) == expected`` for many cuts in one pass over the graph.
 
         The graph runs once; when a cut's value appears, its suffix runs on a copy of it, the
@@ -444,20 +372,21 @@ class TracedGraph:
                 out = super().run_node(n)
                 point = wanted.get(n)
                 if point is not None:
-                    results[n] = graph._suffix_reproduces(point, out, expected)
+                    results[n] = graph._suffix_reproduces(point, out, expected, x)
                 return out
 
         with torch.no_grad():
-            Checker(self.gm).run(x)
+            Checker(self.gm).run(*self.graph_args(x))
         return results
 
-    def _suffix_reproduces(self, point: CutPoint, value: Any, expected: Any) -> bool:
+    def _suffix_reproduces(self, point: CutPoint, value: Any, expected: Any, x: Any) -> bool:
         if not isinstance(value, torch.Tensor):
             return False
         act = value.clone()
         try:
+            suffix = self.suffix(point)
             with contextlib.redirect_stderr(io.StringIO()):  # FX prints failing code
-                out = self.suffix(point)(act)
+                out = suffix(act, x) if getattr(suffix, "needs_context", False) else suffix(act)
         except Exception:  # a suffix that cannot run at this batch size is not a valid cut
             return False
         return outputs_close(out, expected) and torch.equal(act, value)
@@ -466,35 +395,42 @@ class TracedGraph:
         """Why no node is a valid cut: the node with the fewest other values crossing it."""
         best: tuple[int, str] | None = None
         for n in self.order:
-            if n.op in ("placeholder", "output") or n not in self.input_dependent:
+            if n.op in ("placeholder", "output") or n not in self.carried:
                 continue
             if not isinstance(self.meta.get(n), TensorMeta):
                 continue
-            blocking, _ = self.crossing(n)
+            blocking = self.crossing(n)
             if blocking and (best is None or len(blocking) < best[0]):
                 names = ", ".join(self.names[b] for b in blocking[:4])
                 best = (len(blocking), f"at {self.names[n]!r} these values cross too: {names}")
         return best[1] if best else "no node carries an input-dependent tensor"
 
     def suffix(self, cut: CutPoint) -> fx.GraphModule:
+        """The rest of the model after ``cut``: ``suffix(act)``, or ``suffix(act, inputs)``
+        (``needs_context``) when it reads side inputs, which it takes from ``inputs``."""
         g = fx.Graph()
         act = g.placeholder("act")
+        whole = g.placeholder("inputs") if self.multi else None
         i = self.pos[cut.node]
         later = self.order[i + 1 :]
         entry = act
         if _mutates_input(cut.node, later, self.gm):
             entry = g.call_method("clone", (act,))
         env: dict[fx.Node, Any] = {cut.node: entry}
-        for n, how in cut.replay.items():
-            env[n] = _emit_replay(g, act, how)
 
         def get(n: fx.Node) -> Any:
             if n not in env:
+                before = self.pos[n] <= i
+                how = self._replay_value(n) if before and n in self.primary_dependent else None
                 if n in self.constants:
                     env[n] = self.constants[n]
-                elif n.op == "placeholder" or (n in self.input_dependent and self.pos[n] <= i):
+                elif n in self.input_keys and n is not self.primary:  # a side input
+                    env[n] = g.call_function(operator.getitem, (whole, self.input_keys[n]))
+                elif n.op == "placeholder" or (before and n in self.carried):
                     raise CutError(f"internal: {self.names[n]!r} crosses cut {cut.name!r}")
-                else:
+                elif how is not None:  # a shape value: a constant, or the act's batch size
+                    env[n] = _emit_replay(g, act, how)
+                else:  # computed after the cut, or from shape values and side inputs alone
                     env[n] = g.node_copy(n, get)
             return env[n]
 
@@ -503,7 +439,15 @@ class TracedGraph:
                 g.output(tree_map_nodes(n.args[0], get))
             else:
                 get(n)
-        return _module(self.gm, g, "Suffix")
+        context = whole is not None and bool(whole.users)
+        if whole is not None and not context:
+            g.erase_node(whole)
+        return _module(self.gm, g, "Suffix", needs_context=context)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 @dataclass(frozen=True)
@@ -512,12 +456,7 @@ class TensorMeta:
     dtype: torch.dtype
 
 
-def _resize_batch(x: torch.Tensor, batch: int) -> torch.Tensor:
-    reps = -(-batch // x.shape[0])
-    return torch.cat([x] * reps)[:batch]
-
-
-def _run_recording(gm: fx.GraphModule, order, x) -> tuple[dict, dict]:
+def _run_recording(gm: fx.GraphModule, order, args: list) -> tuple[dict, dict]:
     """Interpret ``gm``; return (non-tensor values, tensor metadata) per node."""
     values: dict[fx.Node, Any] = {}
     meta: dict[fx.Node, Any] = {}
@@ -531,12 +470,12 @@ def _run_recording(gm: fx.GraphModule, order, x) -> tuple[dict, dict]:
                     meta[n] = TensorMeta(tuple(out.shape), out.dtype)
                 else:
                     meta[n] = out
-                    if not _flat_tensors(out):
+                    if not flat_tensors(out):
                         values[n] = out
             return out
 
     with torch.no_grad():
-        Recorder(gm).run(x)
+        Recorder(gm).run(*args)
     return values, meta
 
 
@@ -575,6 +514,7 @@ def _emit_replay(g: fx.Graph, act: fx.Node, how: Any) -> Any:
 
 
 def tree_map_nodes(arg: Any, fn: Callable[[fx.Node], Any]) -> Any:
+    """``fn`` applied to every node inside a (nested) node argument, e.g. an output tuple."""
     return fx.node.map_arg(arg, fn)
 
 
@@ -633,8 +573,17 @@ def _mutates_input(cut: fx.Node, later: list[fx.Node], gm: fx.GraphModule) -> bo
     return False
 
 
-def _module(root: fx.GraphModule, graph: fx.Graph, name: str) -> fx.GraphModule:
+class _ContextSuffix(fx.GraphModule):
+    """A suffix that reads side inputs: called ``suffix(act, inputs)`` (see cuts.run_suffix).
+    A class attribute, so that copies of the module (deepcopy) keep it."""
+
+    needs_context = True
+
+
+def _module(
+    root: fx.GraphModule, graph: fx.Graph, name: str, needs_context: bool = False
+) -> fx.GraphModule:
     graph.lint()
-    gm = fx.GraphModule(root, graph, name)
+    gm = (_ContextSuffix if needs_context else fx.GraphModule)(root, graph, name)
     gm.eval()
     return gm

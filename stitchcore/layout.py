@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+__all__ = ["fast_layout"]
+
 
 def fast_layout(module: nn.Module) -> nn.Module:
     """Put the weights of ``module``'s 2-D convolutions in channels-last order (in place).

@@ -11,6 +11,15 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+__all__ = [
+    "LAYOUTS",
+    "ActivationSpec",
+    "InputSpec",
+    "ModelHints",
+    "infer_activation_spec",
+    "token_grid",
+]
+
 LAYOUTS = ("nchw", "nhwc", "tokens", "vector", "other")
 
 

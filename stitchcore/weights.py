@@ -1,6 +1,9 @@
 """Loading state dicts safely: safetensors, or ``torch.load(weights_only=True)``.
 
-Never unpickles arbitrary code: a checkpoint that needs it is refused with a clear message.
+Never unpickles arbitrary code: a checkpoint that needs it is refused with one line naming the
+classes it wanted to build (``unsafe_checkpoint_error``; ``refuse_unsafe_pickles`` does the same
+around a library's own loader, e.g. transformers' ``from_pretrained``). Warnings torch prints
+while failing to read a file are dropped, so that the error is the one line the user sees.
 Also home to the one download path model sources share (``cached_download``): a file in the
 torch hub cache is used as is; when it is missing and the machine is offline the caller gets an
 OfflineError at once instead of a long series of retries.
@@ -13,6 +16,7 @@ import os
 import pickle
 import re
 import socket
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,22 @@ import torch
 from torch import nn
 
 from .errors import OfflineError, StitchError
+
+__all__ = [
+    "OFFLINE_ENV",
+    "cached_download",
+    "hub_checkpoint_path",
+    "is_offline",
+    "load_state_dict_checked",
+    "load_state_dict_file",
+    "random_seed",
+    "read_checkpoint",
+    "read_state_dict",
+    "refuse_unsafe_pickles",
+    "seeded",
+    "unsafe_checkpoint_error",
+    "weights_only_loads",
+]
 
 # The environment variable that means "do not touch the network" for torch-hub downloads.
 # HF_HUB_OFFLINE is deliberately not read here: the hf plugin sets it for the whole process when
@@ -45,22 +65,93 @@ def read_checkpoint(path: str | Path) -> Any:
             return load_file(str(path))
         except Exception as exc:
             raise StitchError(f"{path.name}: not a readable safetensors file ({exc})") from exc
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise StitchError(f"{path.name}: {_refusal(exc)}") from exc
-    except Exception as exc:
-        raise StitchError(f"{path.name}: not a readable checkpoint ({exc})") from exc
+    with refuse_unsafe_pickles(path.name, path):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise  # refuse_unsafe_pickles words it
+        except Exception as exc:
+            raise StitchError(f"{path.name}: not a readable checkpoint ({_one_line(exc)})") from exc
 
 
-def _refusal(exc: BaseException) -> str:
-    """One line saying why a pickle was refused, naming the class it wanted to build."""
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
-    what = f" ({found.group(1)})" if found else ""
-    return (
-        f"refusing to unpickle it: the checkpoint needs arbitrary code to load{what}; only "
-        "tensors, dicts and plain values are accepted"
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+# torch names the global it refused in several wordings across versions: "Unsupported global:
+# GLOBAL __main__.Foo was not an allowed global", "Trying to load unsupported GLOBAL posix.system
+# whose module posix is blocked"
+_GLOBAL = re.compile(r"\bGLOBAL ([A-Za-z_][\w.]*)")
+
+
+def _unsafe_globals(exc: BaseException, path: Path | None) -> list[str]:
+    """The globals (classes, functions) a refused checkpoint wanted: torch's own scan of the
+    file when it can do one (zip checkpoints, torch ≥ 2.6), else the names in the message."""
+    scan = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
+    if scan is not None and path is not None:
+        with contextlib.suppress(Exception):  # legacy (non-zip) files: read the message
+            found = list(scan(str(path)))
+            if found:
+                return found
+    messages = [str(exc), str(exc.__cause__ or ""), str(exc.__context__ or "")]
+    return list(dict.fromkeys(m for text in messages for m in _GLOBAL.findall(text)))
+
+
+def unsafe_checkpoint_error(
+    exc: BaseException, label: str, path: str | Path | None = None
+) -> StitchError | None:
+    """A one-line StitchError for torch's refusal of a ``weights_only`` load, or None when
+    ``exc`` is not one.
+
+    Recognised by type (``pickle.UnpicklingError``, what ``torch.load`` raises for every
+    weights-only refusal), not by torch's wording. A file that wanted classes or functions is
+    refused naming them (``label: refusing to unpickle it: the checkpoint needs arbitrary code to
+    load (__main__.Foo); …``); one that torch cannot read safely for another reason (a plain
+    pickle, a damaged file) says so with torch's own reason.
+    """
+    if not isinstance(exc, pickle.UnpicklingError):
+        return None
+    names = _unsafe_globals(exc, Path(path) if path is not None else None)
+    if names:
+        what = ", ".join(names[:3]) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
+        return StitchError(
+            f"{label}: refusing to unpickle it: the checkpoint needs arbitrary code to load "
+            f"({what}); only tensors, dicts and plain values are accepted"
+        )
+    reason = next(
+        (
+            line.split("WeightsUnpickler error:")[-1].strip()
+            for line in reversed(str(exc).splitlines())
+            if line.strip() and "documentation of torch.load" not in line
+        ),
+        "",
     )
+    return StitchError(
+        f"{label}: not a checkpoint torch.load(weights_only=True) can read"
+        + (f" ({reason})" if reason else "")
+        + "; save the weights with torch.save(model.state_dict()) or as safetensors"
+    )
+
+
+@contextlib.contextmanager
+def refuse_unsafe_pickles(label: str, path: str | Path | None = None) -> Iterator[None]:
+    """Turn a weights-only refusal inside the block (a library loader calling ``torch.load``,
+    such as transformers' ``from_pretrained`` on a ``pytorch_model.bin``) into the one-line
+    StitchError of ``unsafe_checkpoint_error``, ``label`` naming the checkpoint.
+
+    Warnings raised in the block (torch's "Detected pickle protocol 4 …" before it refuses a
+    plain pickle) are held back: dropped when the block fails, so the error is the only line
+    the user sees; re-issued when it succeeds.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        except pickle.UnpicklingError as exc:
+            raise unsafe_checkpoint_error(exc, label, path) from exc
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -194,9 +285,8 @@ def weights_only_loads() -> Iterator[None]:
     os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
     os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
     try:
-        yield
-    except pickle.UnpicklingError as exc:
-        raise StitchError(f"a checkpoint: {_refusal(exc)}") from exc
+        with refuse_unsafe_pickles("a checkpoint"):
+            yield
     finally:
         for n, v in saved.items():
             if v is None:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from stitchcore.cli import commands, split_cmd  # noqa: F401  (register the commands)
@@ -21,7 +22,7 @@ MODEL = "timm:resnet10t"  # small and quick to trace at its own input size
 
 
 def run(*args: str):
-    return CliRunner().invoke(cli, list(args), env={"COLUMNS": "160"})
+    return CliRunner().invoke(cli, list(args), env={"COLUMNS": "160"}, prog_name="stitch")
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +119,62 @@ def test_real_subprocess_prints_one_line_and_exits_2():
     assert proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1  # one line, no traceback
     assert "unknown timm model 'resnt18'; closest: resnet18" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("cuts",), "Missing argument 'MODEL'. See 'stitch cuts --help'."),
+        (("split", MODEL), "Missing argument 'CUT'. See 'stitch split --help'."),
+        (("nope",), "No such command 'nope'. See 'stitch --help'."),
+        (("--bogus", "cuts"), "No such option '--bogus'. See 'stitch --help'."),
+        (("cuts", MODEL, "--nope"), "No such option '--nope'. See 'stitch cuts --help'."),
+        (("cuts", MODEL, "extra"), "Got unexpected extra argument (extra). See 'stitch cuts"),
+        (("train", MODEL, "--epochs", "x"), "Invalid value for '--epochs': 'x' is not a valid"),
+    ],
+    ids=["argument", "second-argument", "command", "group-option", "option", "extra", "value"],
+)
+def test_usage_errors_are_one_line_with_exit_code_2(args, message):
+    result = run(*args)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert lines == [lines[0]] and lines[0].startswith("Error: ") and message in lines[0]
+
+
+def test_usage_error_in_a_real_subprocess_is_one_line():
+    proc = subprocess.run(
+        [str(STITCH), "split", MODEL], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == ["Error: Missing argument 'CUT'. See 'stitch split --help'."]
+
+
+class _Payload:
+    """Not on torch's allow-list: unpickling it would mean running code."""
+
+
+def test_hf_directory_whose_weights_need_code_is_one_line(tmp_path):
+    """A save_pretrained directory whose pytorch_model.bin pickles a class: transformers'
+    from_pretrained refuses it (weights_only), and the CLI says so in one line naming it."""
+    import transformers
+
+    config = transformers.BertConfig(
+        vocab_size=30,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=8,
+        max_position_embeddings=16,
+    )
+    model = transformers.BertModel(config)
+    model.save_pretrained(tmp_path)
+    for f in tmp_path.glob("*.safetensors"):
+        f.unlink()
+    torch.save({**model.state_dict(), "extra": _Payload()}, tmp_path / "pytorch_model.bin")
+    result = run("cuts", f"hf:{tmp_path}@pretrained")
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, lines
+    assert "refusing to unpickle it: the checkpoint needs arbitrary code to load" in lines[0]
+    assert "_Payload" in lines[0]

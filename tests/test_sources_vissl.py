@@ -7,6 +7,13 @@ built from a seeded random torchvision ResNet-50; the converted trunk must repro
 
 from __future__ import annotations
 
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -197,3 +204,43 @@ def test_bad_names():
         load_model("vissl:/nonexistent/model.torch")
     with pytest.raises(StitchError, match="no such checkpoint file"):
         load_model("vissl:vicreg@/nonexistent/resnet50.pth")
+
+
+def test_cli_reads_a_local_checkpoint_as_it_is(reference, tmp_path):
+    """``stitch cuts/split vissl:PATH`` load the file itself: no ``@random`` is added to a spec
+    naming a local checkpoint (``vissl:PATH@random`` is refused: a file takes no @WEIGHTS)."""
+    from click.testing import CliRunner
+
+    from stitchcore.cli import cli
+
+    state, _ = reference
+    path = _save(_vissl_layout(state), tmp_path / "model_final_checkpoint_phase799.torch")
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["cuts", f"vissl:{path}", "--json"])
+    assert listed.exit_code == 0, listed.output
+    names = [c["name"] for c in json.loads(listed.stdout)["cuts"]]
+    assert names == ["maxpool", "layer1", "layer2", "layer3", "layer4"]
+    split_ = runner.invoke(cli, ["split", f"vissl:{path}", "layer2", "--json"])
+    assert split_.exit_code == 0, split_.output
+    assert json.loads(split_.stdout)["recomposes_other_batch"] is True
+    missing = runner.invoke(cli, ["split", f"vissl:{tmp_path / 'gone.pth'}", "layer2"])
+    assert missing.exit_code == 2
+    assert missing.stderr.strip().endswith(f"no such checkpoint file: {tmp_path / 'gone.pth'}")
+
+
+def test_cli_error_for_an_unreadable_checkpoint_is_its_only_line(tmp_path):
+    """A plain pickle makes torch warn (pickle protocol) and then refuse: the user sees one
+    line, the refusal, and exit code 2 (a real process: warnings go to its stderr)."""
+    path = tmp_path / "plain.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"w": [1.0]}, f, protocol=4)
+    stitch = Path(sys.executable).with_name("stitch")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [str(stitch), "cuts", f"vissl:{path}"], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "Error: plain.pkl: not a checkpoint torch.load(weights_only=True) can read (Unsupported "
+        "operand 149); save the weights with torch.save(model.state_dict()) or as safetensors"
+    ]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import pickle
+import warnings
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -15,6 +19,7 @@ from stitchcore.weights import (
     load_state_dict_checked,
     random_seed,
     read_checkpoint,
+    refuse_unsafe_pickles,
     seeded,
 )
 
@@ -82,3 +87,70 @@ def test_cached_download_uses_the_cache_and_refuses_offline(tmp_path, monkeypatc
     path.parent.mkdir(parents=True)
     path.write_bytes(b"x")
     assert cached_download(url, "thing", file_name="renamed.pth") == path
+
+
+class _Payload:
+    """Not on torch's allow-list: unpickling it would mean running code."""
+
+
+class _RunsCode:
+    """Unpickling it calls a function (``os.getcwd``): the classic pickle exploit, harmless."""
+
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+@pytest.mark.parametrize("zipped", [True, False], ids=["zip", "legacy"])
+@pytest.mark.parametrize(
+    ("payload", "named"), [(_Payload(), "_Payload"), (_RunsCode(), "getcwd")], ids=["class", "call"]
+)
+def test_checkpoints_that_need_code_are_refused_naming_what_they_need(
+    tmp_path, zipped, payload, named
+):
+    path = tmp_path / "evil.pth"
+    torch.save({"w": torch.ones(2), "x": payload}, path, _use_new_zipfile_serialization=zipped)
+    with pytest.raises(StitchError) as err:
+        read_checkpoint(path)
+    message = str(err.value)
+    assert message.startswith("evil.pth: refusing to unpickle it: the checkpoint needs arbitrary")
+    assert named in message and len(message.splitlines()) == 1
+
+
+def test_unreadable_files_are_not_called_unsafe(tmp_path):
+    """A damaged file or a plain pickle is not "a checkpoint that needs code": torch's reason is
+    given instead, and the warning torch prints on the way (pickle protocol) is not shown."""
+    (tmp_path / "junk.pth").write_bytes(b"garbage" * 10)
+    with pytest.raises(StitchError, match=r"junk\.pth: not a checkpoint torch\.load\(weights_only"):
+        read_checkpoint(tmp_path / "junk.pth")
+    with open(tmp_path / "plain.pkl", "wb") as f:
+        pickle.dump({"w": [1.0, 2.0]}, f, protocol=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(StitchError, match=r"plain\.pkl: not a checkpoint .*Unsupported"):
+            read_checkpoint(tmp_path / "plain.pkl")
+    assert [str(w.message) for w in caught] == []
+
+
+def test_library_loaders_are_refused_in_one_line_too(tmp_path):
+    """transformers' from_pretrained on a directory whose pytorch_model.bin pickles a class:
+    ``refuse_unsafe_pickles`` words torch's refusal as read_checkpoint does."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(
+        vocab_size=30,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=8,
+        max_position_embeddings=16,
+    )
+    model = transformers.BertModel(config)
+    model.save_pretrained(tmp_path)
+    for f in tmp_path.glob("*.safetensors"):
+        f.unlink()
+    torch.save({**model.state_dict(), "x": _Payload()}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(StitchError) as err:
+        with refuse_unsafe_pickles(f"hf:{tmp_path.name}"):
+            transformers.BertModel.from_pretrained(tmp_path)
+    message = str(err.value)
+    assert message.startswith(f"hf:{tmp_path.name}: refusing to unpickle it")
+    assert "_Payload" in message and len(message.splitlines()) == 1

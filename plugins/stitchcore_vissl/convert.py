@@ -26,6 +26,8 @@ from torchvision.models import resnet50
 from stitchcore.errors import StitchError
 from stitchcore.weights import load_state_dict_checked
 
+__all__ = ["find_trunk", "load_trunk", "resnet50_trunk", "torchvision_keys"]
+
 _PREFIXES = ("module.", "trunk.", "_feature_blocks.")
 # Heads that sit next to the trunk in published checkpoints: a classifier (torchvision fc,
 # VISSL's clf) and self-supervised projection heads / SwAV prototypes.

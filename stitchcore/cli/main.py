@@ -1,32 +1,66 @@
 """The ``stitch`` group, shared options and error handling.
 
-Bad input (StitchError) prints one line to stderr and exits with code 2; ``--debug`` shows the
-traceback. Data goes to stdout, messages and progress to stderr.
+Every error is one line on stderr, ``Error: …``, with exit code 2: bad input (StitchError), a
+usage error (a missing argument, an unknown option or command: click would print three lines,
+usage and a hint included; here the hint is folded into the line), and torch's refusal to read
+a checkpoint that needs code (worded by ``weights.unsafe_checkpoint_error``, for loaders that do
+not word it themselves). ``--debug`` shows the traceback of the first and the last. Data goes to
+stdout, messages and progress to stderr.
 """
 
 from __future__ import annotations
 
+import pickle
 import sys
 
 import click
 from rich.console import Console
 
 from ..errors import StitchError
+from ..weights import unsafe_checkpoint_error
+
+__all__ = ["StitchGroup", "UsageError", "cli", "err_console", "main"]
 
 err_console = Console(stderr=True)
 
 
+class UsageError(click.ClickException):
+    """A usage error shown as one line (``ClickException.show`` prints only ``Error: …``)."""
+
+    exit_code = 2
+
+
+def _one_line_usage(exc: click.UsageError) -> UsageError:
+    where = exc.ctx.command_path if exc.ctx else "stitch"
+    message = " ".join(exc.format_message().split())
+    stop = "" if message.endswith((".", "!", "?")) else "."
+    return UsageError(f"{message}{stop} See '{where} --help'.")
+
+
 class StitchGroup(click.Group):
-    """Turns StitchError into a one-line message and exit code 2."""
+    """Turns StitchError and usage errors into a one-line message and exit code 2."""
+
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # bare `stitch`: the help text, as click shows it
+        except click.UsageError as exc:  # an unknown option of the group itself
+            raise _one_line_usage(exc) from exc
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except StitchError as exc:
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:  # a command's arguments, or an unknown command
+            raise _one_line_usage(exc) from exc
+        except (StitchError, pickle.UnpicklingError) as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"Error: {exc}", err=True)
-            ctx.exit(exc.exit_code)
+            error = unsafe_checkpoint_error(exc, "a checkpoint") or exc
+            click.echo(f"Error: {error}", err=True)
+            ctx.exit(getattr(error, "exit_code", 2))
 
 
 @click.group(cls=StitchGroup)

@@ -15,7 +15,10 @@ import torch
 
 from ..cuts import Cutter, batch_size, recomposes, resize_batch
 from ..sources import load_model
+from .cuts_cmd import architecture_spec
 from .main import cli
+
+__all__ = ["split_command"]
 
 
 def _params(module: torch.nn.Module) -> int:
@@ -30,21 +33,20 @@ def split_command(model: str, cut: str, as_json: bool) -> None:
     """Split MODEL (SOURCE:NAME[@WEIGHTS]) at CUT and check that the halves recompose.
 
     CUT is a module path (layer2, blocks.5) or a node name from `stitch cuts MODEL --all`.
-    Only the architecture is needed: a model spec without @WEIGHTS uses @random.
+    Only the architecture is needed: a model spec without @WEIGHTS uses @random (a local
+    checkpoint file, as in vissl:PATH, is read as it is).
 
     \b
     Examples:
       stitch split timm:resnet18 layer2
       stitch split timm:resnet18 layer1.0.add --json
     """
-    spec = model if "@" in model else model + "@random"
-    cutter = Cutter(load_model(spec))
+    cutter = Cutter(load_model(architecture_spec(model)))
     resolved = cutter.resolve(cut)
     prefix, suffix = cutter.split(resolved)  # raises CutError if they do not recompose
     batch = batch_size(cutter.example)
     other = resize_batch(cutter.example, batch + 1)
-    with torch.no_grad():
-        expected = cutter.module(other)
+    expected = cutter.reference(other)
     info = {
         "model": model,
         **resolved.to_json(),
