@@ -6,7 +6,7 @@ Public API (stable names outside code can rely on):
   split(model_or_loaded, cut_name, example_input=None) -> (prefix, suffix)
   stitch(sender, sender_cut, receiver, receiver_cut, family="auto", train=..., ...)
       -> StitchResult (.model: StitchedModel, .metrics)
-  run_matrix(MatrixConfig(sender=..., receiver=..., ...), out) -> dict (matrix.json's content)
+  run_matrix(MatrixConfig(sender=..., receiver=..., ...), out, device=...) -> dict (matrix.json)
   hookimpl: decorator for plugin hook implementations
 """
 
@@ -17,9 +17,10 @@ from .errors import CutError, StitchError, UnknownNameError
 from .graph import TracerPolicy
 from .hookspecs import hookimpl
 from .matrix import MatrixConfig
-from .matrix_run import run_matrix
 from .pair import StitchResult, stitch
-from .sources import LoadedModel, ModelSource, load_model, parse_spec
+from .runner import run_matrix
+from .runtime import Runtime, make_runtime
+from .sources import LoadedModel, ModelSource, ModelSpec, build_model, load_model, parse_spec
 from .spec import ActivationSpec, InputSpec, ModelHints
 from .stitching import StitchConfig, StitchedModel
 
@@ -34,6 +35,8 @@ __all__ = [
     "MatrixConfig",
     "ModelHints",
     "ModelSource",
+    "ModelSpec",
+    "Runtime",
     "StitchConfig",
     "StitchError",
     "StitchResult",
@@ -42,7 +45,9 @@ __all__ = [
     "UnknownNameError",
     "hookimpl",
     "list_cuts",
+    "build_model",
     "load_model",
+    "make_runtime",
     "parse_spec",
     "run_matrix",
     "split",

@@ -65,6 +65,18 @@ class DataSplits:
         return tuple(as_image(self.train_x[0]).shape)
 
 
+def data_notes(splits: DataSplits) -> list[str]:
+    """What the user should be told about loaded data: which split tests, what was skipped."""
+    notes = []
+    if splits.meta.get("test_split"):
+        notes.append(f"data: {splits.name} tests on its {splits.meta['test_split']!r} split")
+    skipped = splits.meta.get("skipped")
+    if skipped and skipped.get("count"):
+        examples = "; ".join(skipped.get("examples", [])[:3])
+        notes.append(f"data: {skipped['count']} unreadable files left out ({examples})")
+    return notes
+
+
 def input_kind(inputs: Any) -> str:
     """``image`` for a tensor, ``text`` for a sequence of strings, else ``lazy``."""
     if isinstance(inputs, torch.Tensor):

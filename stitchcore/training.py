@@ -1,8 +1,8 @@
 """Training base classifiers: from scratch, fine-tuned, or as a linear probe on a frozen trunk.
 
 Stitching needs trained networks, and offline there may be none: this module trains any
-``nn.Module`` classifier on a dataset's ``DataSplits``. It knows no model source; sources that can
-build architecture variants (``--width``, input size) offer ``load_variant`` (see ``build_base``).
+``nn.Module`` classifier on a dataset's ``DataSplits``. It knows no model source (models are built
+by :func:`stitchcore.sources.build_model`).
 
 Defaults, chosen to reach high accuracy in a few CPU epochs on small data:
   * Adam, lr 1e-3 (3e-4 when fine-tuning weights that are not ``@random``), cosine decay to
@@ -31,10 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import plugins
 from .datasets import DataSplits, adapt, batches
 from .errors import StitchError
-from .sources import LoadedModel, load_model, parse_spec
 from .spec import InputSpec
 
 HEADS = ("finetune", "probe")
@@ -174,28 +172,6 @@ def classifier_of(module: nn.Module, info: HeadInfo) -> nn.Linear:
 
 
 # ----------------------------------------------------------------------------- building
-def build_base(spec: str, *, width: float = 1.0, input_size: int | None = None) -> LoadedModel:
-    """Load a base model, asking its source for a variant when the architecture must change.
-
-    A source may implement ``load_variant(name, weights, *, width, input_size)`` to build scaled
-    or resized architectures (timm does); without it only ``width == 1`` is possible, and the
-    model must accept the training input size as it is.
-    """
-    if width <= 0:
-        raise StitchError(f"--width must be positive, got {width:g}")
-    parsed = parse_spec(spec)
-    source = plugins.get_source(parsed.source)
-    variant = getattr(source, "load_variant", None)
-    if callable(variant):
-        return variant(parsed.name, parsed.weights, width=width, input_size=input_size)
-    if width != 1:
-        raise StitchError(
-            f"{spec}: source {parsed.source!r} cannot scale model width (--width); "
-            "its sources offer no load_variant"
-        )
-    return load_model(spec)
-
-
 def adapt_input_channels(module: nn.Module, in_chans: int, example: torch.Tensor) -> None:
     """Make the first convolution take ``in_chans`` channels instead of its current count.
 
@@ -301,7 +277,7 @@ class TrainResult:
         return asdict(self)
 
 
-def _stderr_log(msg: str) -> None:
+def stderr_log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
@@ -385,7 +361,7 @@ def train_classifier(
     config: TrainConfig,
     *,
     pretrained: bool = False,
-    log: Log | None = _stderr_log,
+    log: Log | None = stderr_log,
 ) -> TrainResult:
     """Train every parameter of ``module`` on ``data`` (cross-entropy), then test it.
 
@@ -507,7 +483,7 @@ def fit_linear_probe(
     l2: float = 1e-3,
     max_iter: int = 300,
     batch_size: int = 256,
-    log: Log | None = _stderr_log,
+    log: Log | None = stderr_log,
 ) -> TrainResult:
     """Freeze ``module`` and fit its classifier (``head.classifier``) on cached features.
 
@@ -581,7 +557,6 @@ __all__ = [
     "TrainResult",
     "adapt_input_channels",
     "attach_head",
-    "build_base",
     "classifier_of",
     "dataset_normalisation",
     "evaluate",

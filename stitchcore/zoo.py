@@ -19,29 +19,27 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import platform
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from . import __version__
 from .datasets import DataOptions, DataSplits, default_coarse, load_data
 from .errors import StitchError, UnknownNameError
-from .sources import LoadedModel, parse_spec
+from .fileio import atomic_write
+from .results import versions
+from .sources import LoadedModel, build_model, parse_spec
 from .spec import InputSpec
 from .training import (
     HEADS,
     TrainConfig,
-    _stderr_log,
     adapt_input_channels,
     attach_head,
-    build_base,
     dataset_normalisation,
     fit_linear_probe,
+    stderr_log,
     train_classifier,
 )
 
@@ -90,7 +88,7 @@ class TrainRequest:
     def resolved(self) -> TrainRequest:
         """The request with ``head`` and the model's weights made explicit."""
         parsed = parse_spec(self.model)
-        untrained = parsed.weights is None or _is_random(parsed.weights)
+        untrained = parsed.weights is None or parsed.is_random
         head = self.head or ("finetune" if untrained else "probe")
         if head not in HEADS:
             raise StitchError(f"unknown head {head!r}; expected one of {', '.join(HEADS)}")
@@ -122,7 +120,7 @@ class TrainRequest:
             f"s{r.seed}",
             "probe" if r.head == "probe" else f"e{r.epochs}",
         ]
-        if r.head == "finetune" and not _is_random(parsed.weights or "default"):
+        if r.head == "finetune" and not parsed.is_random:
             parts.append("ft")
         finetune = r.head == "finetune"
         tags = [
@@ -149,11 +147,6 @@ class TrainRequest:
         return dataclasses.asdict(self)
 
 
-def _is_random(weights: str) -> bool:
-    """``@random`` or ``@random-SEED``: an untrained initialisation."""
-    return re.fullmatch(r"random(-\d+)?", weights) is not None
-
-
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_.") or "_"
 
@@ -178,7 +171,7 @@ def ensure_trained(
     zoo: str | Path | None = None,
     force: bool = False,
     progress: bool | None = None,
-    log=_stderr_log,
+    log=stderr_log,
     **options,
 ) -> tuple[LoadedModel, dict]:
     """The trained model for this configuration, training and saving it only if the zoo lacks it.
@@ -207,7 +200,7 @@ def ensure_trained(
 def train_entry(
     request: TrainRequest,
     *,
-    log=_stderr_log,
+    log=stderr_log,
     progress: bool | None = None,
     zoo: Path | None = None,
 ):
@@ -224,7 +217,8 @@ def train_entry(
     size = r.input_size or default_input_size(*data.image_shape[1:])
     base = _build_seeded(r, size)
     # after resolved(), no @WEIGHTS means the source's default (trained) weights, for a probe
-    pretrained = not _is_random(parse_spec(r.model).weights or "default")
+    parsed = parse_spec(r.model)
+    pretrained = not parsed.is_random
     spec = _input_spec(base, data, r.in_chans, size, pretrained)
     module, head = _shape_module(base, r, spec, data.num_classes)
     where = f" in {zoo}" if zoo else ""
@@ -288,12 +282,10 @@ def _build_seeded(r: TrainRequest, size: int) -> LoadedModel:
     torch.manual_seed(r.seed)
     if parsed.weights == "random":
         try:
-            return build_base(
-                f"{parsed.source}:{parsed.name}@random-{r.seed}", width=r.width, input_size=size
-            )
+            return build_model(parsed.with_weights(f"random-{r.seed}"), width=r.width, input_size=size)
         except StitchError:
             torch.manual_seed(r.seed)
-    return build_base(r.model, width=r.width, input_size=size)
+    return build_model(parsed, width=r.width, input_size=size)
 
 
 def _input_spec(
@@ -344,17 +336,14 @@ def _data_json(r: TrainRequest, data: DataSplits) -> dict:
 
 
 def _versions(module: torch.nn.Module) -> dict:
-    versions = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "stitchcore": __version__,
-    }
+    """The run's versions plus the package the model's class comes from."""
+    out = versions()
     package = type(module).__module__.split(".")[0]
     try:
-        versions[package] = importlib.metadata.version(package)
+        out[package] = importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         pass
-    return versions
+    return out
 
 
 def _plain(value):
@@ -370,34 +359,12 @@ def save_entry(directory: Path, name: str, module: torch.nn.Module, record: dict
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
     weights = directory / f"{name}.safetensors"
-    with _atomic(weights) as tmp:
-        save_file(state, str(tmp))
+    atomic_write(weights, lambda tmp: save_file(state, str(tmp)))
     record = {**record, "weights": weights.name}
     path = directory / f"{name}.json"
-    with _atomic(path) as tmp:
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
+    text = json.dumps(record, indent=2) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text))
     return record
-
-
-class _atomic:
-    """Context manager yielding a temporary path in the target's directory, renamed on success."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __enter__(self) -> Path:
-        fd, tmp = tempfile.mkstemp(
-            dir=self.target.parent, prefix=f".{self.target.name}.", suffix=".tmp"
-        )
-        os.close(fd)
-        self.tmp = Path(tmp)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            os.replace(self.tmp, self.target)
-        else:
-            self.tmp.unlink(missing_ok=True)
 
 
 def list_entries(zoo: str | Path | None = None) -> list[dict]:
@@ -470,11 +437,10 @@ def load_entry(name: str, zoo: str | Path | None = None, *, trained: bool = True
 def _rebuild_base(r: TrainRequest, size: int) -> LoadedModel:
     """The base architecture without its (possibly unavailable) pretrained weights."""
     parsed = parse_spec(r.model)
-    random_spec = f"{parsed.source}:{parsed.name}@random"
     try:
-        return build_base(random_spec, width=r.width, input_size=size)
+        return build_model(parsed.with_weights("random"), width=r.width, input_size=size)
     except StitchError:
-        return build_base(r.model, width=r.width, input_size=size)
+        return build_model(parsed, width=r.width, input_size=size)
 
 
 def _loaded(module: torch.nn.Module, record: dict, suffix: str = "") -> LoadedModel:

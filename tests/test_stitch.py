@@ -86,15 +86,23 @@ def test_unsolved_epochs_restart_a_closed_form_at_chance_from_random_init(digits
 
 
 def test_optimizer_fine_tunes_only_stitches_that_start_solved():
-    from stitchcore.stitching import StitchConfig, optimizer, starts_solved
+    from stitchcore.runtime import Runtime
+    from stitchcore.stitching import StitchConfig, base_lrs, starts_solved
+    from stitchcore.trainer import Member, _Opt
 
-    cfg = StitchConfig()
+    cfg = StitchConfig(epochs=1)
     wide, narrow = nn.Conv2d(256, 8, 2), nn.Conv2d(16, 8, 1)  # fan-in 1,024 and 16
-    opt, sched = optimizer([wide, narrow], cfg, total_steps=[8, 8], solved=[True, False])
-    lrs = [g["lr"] for g in opt.param_groups]
+    assert base_lrs(list(wide.parameters()), 1e-3, True) == pytest.approx([1e-3 * 64 / 1024, 1e-3])
+    assert base_lrs(list(narrow.parameters()), 1e-3, False) == pytest.approx([1e-3, 1e-3])
+    solved = _Opt(Member(0, wide, fine_tuned=True), cfg, Runtime(), steps=8)
+    scratch = _Opt(Member(1, narrow, fine_tuned=False), cfg, Runtime(), steps=8)
+    for o in (solved, scratch):
+        o.set_lr()
+    lrs = [g["lr"] for g in solved.opt.param_groups]
     assert lrs[0] == pytest.approx(1e-3 * 64 / 1024 / 3)  # fan-in scaled, warm-up 1/3 at step 0
     assert lrs[1] == pytest.approx(1e-3 / 3)  # the bias: full lr, warming up
-    assert lrs[2:] == pytest.approx([1e-3, 1e-3])  # learning from scratch: full lr, no warm-up
+    lrs = [g["lr"] for g in scratch.opt.param_groups]
+    assert lrs == pytest.approx([1e-3, 1e-3])  # learning from scratch: full lr, no warm-up
     assert starts_solved(cfg, 0.3, 10) and not starts_solved(cfg, 1.5, 10)
     assert not starts_solved(StitchConfig(init="random"), 0.01, 10)
     assert starts_solved(StitchConfig(objective="match"), 9.0, 10)

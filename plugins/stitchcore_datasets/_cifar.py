@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stitchcore.errors import StitchError
+from stitchcore.plugin import StitchError
 
 from ._store import data_roots, download_dir
 

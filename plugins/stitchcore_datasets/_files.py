@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stitchcore.errors import StitchError
+from stitchcore.plugin import StitchError
 
 __all__ = [
     "EXTENSIONS",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stitchcore.datasets import Dataset, DataSplits
+from stitchcore.plugin import Dataset, DataSplits
 
 from ._store import tensor
 

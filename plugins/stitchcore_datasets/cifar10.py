@@ -16,8 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stitchcore.datasets import Dataset, DataSplits
-from stitchcore.errors import OfflineError, StitchError
+from stitchcore.plugin import Dataset, DataSplits, OfflineError, StitchError
 
 from ._cifar import find_files, read_bin, read_names, read_py, search_roots
 from ._split import make_splits

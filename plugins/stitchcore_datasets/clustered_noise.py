@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from stitchcore.datasets import Dataset, DataSplits
-from stitchcore.errors import StitchError
+from stitchcore.plugin import Dataset, DataSplits, StitchError
 
 __all__ = ["ClusteredNoise", "generate", "parse_variant"]
 

@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stitchcore.datasets import Dataset, DataSplits
-from stitchcore.errors import UnknownNameError
+from stitchcore.plugin import Dataset, DataSplits, UnknownNameError
 
 from ._split import DIGIT_CLASSES, DIGIT_PARITY, PARITY_NAMES, make_splits
 from ._store import cached_arrays

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stitchcore.datasets import Dataset, DataSplits
-from stitchcore.errors import StitchError
+from stitchcore.plugin import Dataset, DataSplits, StitchError
 
 from ._split import DIGIT_CLASSES, DIGIT_PARITY, PARITY_NAMES, make_splits, stratified_split
 from ._store import cached_arrays

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stitchcore.datasets import Dataset, DataSplits
-from stitchcore.errors import OfflineError, StitchError
+from stitchcore.plugin import Dataset, DataSplits, OfflineError, StitchError
 
 from ._split import make_splits
 from ._store import cached_arrays, data_roots, download_dir, file_key, offline

@@ -24,8 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stitchcore.datasets import Dataset, DataSplits
-from stitchcore.errors import StitchError
+from stitchcore.plugin import Dataset, DataSplits, StitchError
 
 from ._split import stratified_split
 from ._store import data_roots, file_key

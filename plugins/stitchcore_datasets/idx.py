@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stitchcore.errors import StitchError
+from stitchcore.plugin import StitchError
 
 __all__ = ["read_idx"]
 

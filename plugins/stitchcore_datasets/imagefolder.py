@@ -31,8 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stitchcore.datasets import Dataset, DataSplits
-from stitchcore.errors import StitchError
+from stitchcore.plugin import Dataset, DataSplits, StitchError
 
 from ._files import EXTENSIONS, ImageFiles, scan_classes, sniff_mode, verify_files
 from ._split import stratified_split

@@ -22,8 +22,7 @@ from pathlib import Path
 
 import torch
 
-from stitchcore.datasets import Dataset, DataSplits
-from stitchcore.errors import StitchError
+from stitchcore.plugin import Dataset, DataSplits, StitchError
 
 from ._files import ImageFiles
 from ._store import data_roots

@@ -26,9 +26,19 @@ import torch
 from torch import nn
 
 import stitchcore
-from stitchcore import InputSpec, LoadedModel, ModelHints, ModelSource, plugins
-from stitchcore.errors import StitchError, UnknownNameError
-from stitchcore.weights import load_state_dict_checked, random_seed, read_state_dict, seeded
+from stitchcore.plugin import (
+    InputSpec,
+    LoadedModel,
+    ModelHints,
+    ModelSource,
+    StitchError,
+    UnknownNameError,
+    load_state_dict_checked,
+    random_seed,
+    read_state_dict,
+    seeded,
+)
+from stitchcore.plugin import registry as plugins
 
 
 @dataclass(frozen=True)

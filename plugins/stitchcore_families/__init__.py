@@ -7,6 +7,7 @@ family                    stitches                                              
 ========================  ========================================================  =========
 ``conv1x1``               map → map, equal spatial size (BN → 1×1 conv → BN)        10
 ``strided_conv``          map → map, sender k× larger (kernel = stride = k)         20
+``subpixel_conv``         map → map, sender k× smaller (patch → k×k block, shuffle)  25
 ``upsample_conv``         map → map, sender k× smaller (nearest ×k, 1×1 conv)       30
 ``token_linear``          tokens ↔ tokens / maps (CNN ↔ ViT), per-token linear      40
 ``linear``                anything → vector (pooled; BN1d → Linear → BN1d)          50
@@ -23,12 +24,14 @@ import stitchcore
 
 from .conv import Conv1x1Family, ConvStitch, StridedConvFamily, UpsampleConvFamily
 from .permutation import PermutationFamily, PermutationStitch
+from .subpixel import SubpixelConvFamily, SubpixelStitch
 from .tokens import TokenLinearFamily, TokenLinearStitch
 from .vector import LinearFamily, LinearStitch
 
 FAMILIES = (
     Conv1x1Family,
     StridedConvFamily,
+    SubpixelConvFamily,
     UpsampleConvFamily,
     TokenLinearFamily,
     LinearFamily,
@@ -51,6 +54,8 @@ __all__ = [
     "PermutationFamily",
     "PermutationStitch",
     "StridedConvFamily",
+    "SubpixelConvFamily",
+    "SubpixelStitch",
     "TokenLinearFamily",
     "TokenLinearStitch",
     "UpsampleConvFamily",

@@ -6,9 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from stitchcore.errors import StitchError
-from stitchcore.families import StitchFamily
-from stitchcore.spec import ActivationSpec
+from stitchcore.plugin import ActivationSpec, StitchError, StitchFamily
 
 #: Ridge of the closed-form inits, relative to the mean variance of the (normalised) input.
 #: Small enough not to matter when the fit is well determined; it keeps a fit on a few hundred

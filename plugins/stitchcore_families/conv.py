@@ -19,9 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stitchcore.errors import StitchError
-from stitchcore.linalg import LeastSquares
-from stitchcore.spec import ActivationSpec
+from stitchcore.plugin import ActivationSpec, LeastSquares, StitchError
 
 from .base import DEFAULT_RIDGE, Family, as_bool, as_ridge
 from .layouts import check_batch, from_nchw, kind, size_text, to_nchw
@@ -101,10 +99,10 @@ class ConvStitch(PendingIdentity, nn.Module):
                 # solution, k² fewer rows.
                 y = F.avg_pool2d(y, self.scale)
             ls.add(self._rows(x_hat), y.flatten(2).transpose(1, 2).reshape(-1, y.shape[1]))
-        self._apply(ls.solve(ridge=self.ridge))
+        self._apply_fit(ls.solve(ridge=self.ridge))
         self.pending_identity = False
 
-    def _apply(self, fit) -> None:
+    def _apply_fit(self, fit) -> None:
         w = self.conv.weight
         w.copy_(fit.weight.view(w.shape).to(w.dtype))
         if self.batchnorm:
@@ -118,7 +116,7 @@ class ConvStitch(PendingIdentity, nn.Module):
         xs = to_nchw(sender_acts, self.sender_spec.layout).float()
         mean, var = channel_moments(xs)
         set_input_norm(self.bn_in, mean, var)
-        self._apply(identity_fit(mean, var, self.bn_in.eps))
+        self._apply_fit(identity_fit(mean, var, self.bn_in.eps))
 
     @torch.no_grad()
     def set_identity(self) -> None:

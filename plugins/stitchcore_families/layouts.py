@@ -18,8 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from stitchcore.errors import StitchError
-from stitchcore.spec import ActivationSpec
+from stitchcore.plugin import ActivationSpec, StitchError
 
 MAP_LAYOUTS = ("nchw", "nhwc")
 RESAMPLE_MODES = ("auto", "area", "bilinear", "nearest")

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from stitchcore.linalg import AffineFit
+from stitchcore.plugin import AffineFit
 
 
 def channel_moments(x: torch.Tensor, dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,7 +16,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from stitchcore.spec import ActivationSpec
+from stitchcore.plugin import ActivationSpec
 
 from .base import Family
 from .layouts import check_batch, from_nchw, kind, size_text, to_nchw

@@ -29,9 +29,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stitchcore.errors import StitchError
-from stitchcore.linalg import LeastSquares
-from stitchcore.spec import ActivationSpec
+from stitchcore.plugin import ActivationSpec, LeastSquares, StitchError
 
 from .base import DEFAULT_RIDGE, Family, as_choice, as_ridge
 from .layouts import (

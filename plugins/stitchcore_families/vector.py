@@ -21,9 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stitchcore.errors import StitchError
-from stitchcore.linalg import lstsq_with_bias
-from stitchcore.spec import ActivationSpec
+from stitchcore.plugin import ActivationSpec, StitchError, lstsq_with_bias
 
 from .base import DEFAULT_RIDGE, Family, as_bool, as_choice, as_ridge
 from .layouts import POOL_MODES, check_batch, kind, pool, pool_refusal, pooled_width
@@ -69,7 +67,7 @@ class LinearStitch(PendingIdentity, nn.Module):
         with self.calibrating(v):
             return self.bn_out(self.linear(self.bn_in(v)))
 
-    def _apply(self, fit) -> None:
+    def _apply_fit(self, fit) -> None:
         self.linear.weight.copy_(fit.weight.to(self.linear.weight.dtype))
         if self.batchnorm:
             set_output_norm(self.bn_out, fit)
@@ -83,7 +81,7 @@ class LinearStitch(PendingIdentity, nn.Module):
         v = self.pooled(sender_acts.float())
         if self.batchnorm:
             set_input_norm(self.bn_in, *channel_moments(v))
-        self._apply(
+        self._apply_fit(
             lstsq_with_bias(normalise(v, self.bn_in), receiver_acts.float(), ridge=self.ridge)
         )
         self.pending_identity = False
@@ -93,7 +91,7 @@ class LinearStitch(PendingIdentity, nn.Module):
         """Identity in both modes; statistics from already pooled sender vectors."""
         mean, var = channel_moments(pooled)
         set_input_norm(self.bn_in, mean, var)
-        self._apply(identity_fit(mean, var, self.bn_in.eps))
+        self._apply_fit(identity_fit(mean, var, self.bn_in.eps))
 
     @torch.no_grad()
     def set_identity(self) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,9 +22,18 @@ import torch
 from torch import nn
 
 import stitchcore
-from stitchcore import InputSpec, LoadedModel, ModelHints, ModelSource, TracerPolicy
-from stitchcore.errors import OfflineError, StitchError, UnknownNameError
-from stitchcore.weights import load_state_dict_file
+from stitchcore.plugin import (
+    InputSpec,
+    LoadedModel,
+    ModelHints,
+    ModelSource,
+    OfflineError,
+    StitchError,
+    TracerPolicy,
+    UnknownNameError,
+    load_state_dict_file,
+    random_seed,
+)
 
 
 def input_spec(model: nn.Module) -> InputSpec | None:
@@ -120,7 +128,7 @@ class TimmSource(ModelSource):
         weights = weights or "pretrained"
         if weights == "pretrained":
             model = self._pretrained(name, **kwargs)
-        elif re.fullmatch(r"random(-\d+)?", weights):
+        elif random_seed(weights) is not None:
             model = random_init(name, weights, **kwargs)
         else:
             path = Path(weights).expanduser()
@@ -158,7 +166,7 @@ class TimmSource(ModelSource):
         if input_size and "img_size" in inspect.signature(type(probe).__init__).parameters:
             kwargs["img_size"] = input_size
         if width != 1:
-            if not re.fullmatch(r"random(-\d+)?", weights or "pretrained"):
+            if random_seed(weights) is None:
                 raise StitchError(
                     f"timm:{name}: --width changes the architecture, so @{weights} weights "
                     "cannot fit it; use @random"

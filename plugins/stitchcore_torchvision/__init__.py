@@ -27,9 +27,14 @@ from torch import nn
 from torchvision import models as tvm
 
 import stitchcore
-from stitchcore import InputSpec, LoadedModel, ModelHints, ModelSource, TracerPolicy
-from stitchcore.errors import StitchError, UnknownNameError
-from stitchcore.weights import (
+from stitchcore.plugin import (
+    InputSpec,
+    LoadedModel,
+    ModelHints,
+    ModelSource,
+    StitchError,
+    TracerPolicy,
+    UnknownNameError,
     cached_download,
     load_state_dict_file,
     random_seed,

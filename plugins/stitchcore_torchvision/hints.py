@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from stitchcore import InputSpec, ModelHints
+from stitchcore.plugin import InputSpec, ModelHints
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -23,9 +23,18 @@ from pathlib import Path
 from torch import nn
 
 import stitchcore
-from stitchcore import InputSpec, LoadedModel, ModelHints, ModelSource
-from stitchcore.errors import StitchError, UnknownNameError
-from stitchcore.weights import cached_download, random_seed, read_checkpoint, seeded
+from stitchcore.plugin import (
+    InputSpec,
+    LoadedModel,
+    ModelHints,
+    ModelSource,
+    StitchError,
+    UnknownNameError,
+    cached_download,
+    random_seed,
+    read_checkpoint,
+    seeded,
+)
 
 from .convert import load_trunk, resnet50_trunk
 

@@ -23,8 +23,7 @@ from typing import Any
 from torch import nn
 from torchvision.models import resnet50
 
-from stitchcore.errors import StitchError
-from stitchcore.weights import load_state_dict_checked
+from stitchcore.plugin import StitchError, load_state_dict_checked
 
 __all__ = ["find_trunk", "load_trunk", "resnet50_trunk", "torchvision_keys"]
 

@@ -10,9 +10,7 @@ class count, its base model's cut hints, and the zoo record as ``meta``.
 from __future__ import annotations
 
 import stitchcore
-from stitchcore import LoadedModel, ModelSource
-from stitchcore.errors import StitchError
-from stitchcore.zoo import list_entries, load_entry
+from stitchcore.plugin import LoadedModel, ModelSource, StitchError, list_entries, load_entry
 
 
 class ZooSource(ModelSource):

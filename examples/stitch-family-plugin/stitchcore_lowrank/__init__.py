@@ -17,10 +17,7 @@ import torch
 from torch import nn
 
 import stitchcore
-from stitchcore.errors import StitchError
-from stitchcore.families import StitchFamily
-from stitchcore.linalg import lstsq_with_bias
-from stitchcore.spec import ActivationSpec
+from stitchcore.plugin import ActivationSpec, StitchError, StitchFamily, lstsq_with_bias
 
 LAYOUTS = ("nchw", "nhwc", "tokens", "vector")
 DEFAULT_RANK = 16

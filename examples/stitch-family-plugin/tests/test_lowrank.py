@@ -9,9 +9,8 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
 import stitchcore
-from stitchcore import plugins
-from stitchcore.errors import StitchError
-from stitchcore.families import resolve_family
+from stitchcore.plugin import StitchError, resolve_family
+from stitchcore.plugin import registry as plugins
 
 
 def test_the_plugin_manager_finds_the_family():
