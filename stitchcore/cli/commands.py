@@ -8,6 +8,9 @@ from . import (
     pair_cmd,
     plot_cmd,
     plugins_cmd,
+    report_cmd,
     split_cmd,
     train_cmd,
 )
+
+__all__ = []

@@ -2,6 +2,8 @@
 
 Useful to look at another metric (the penalty, the accuracy before training), to redraw a
 matrix copied from another machine, or one whose run was stopped before it drew its figure.
+``--metric`` also draws the per-cell diagnostics newer matrices record (agreement, match R²,
+effective ranks, OOD score; docs/report.md); asking an older matrix for one is an error.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from pathlib import Path
 import click
 
 from ..errors import StitchError
-from ..plot import METRICS, plot_matrix, write_csv
+from ..plot import IMAGE_FORMATS, METRICS, check_output, plot_matrix, write_csv
 from .main import cli
+
+__all__ = ["plot_command", "read_matrix_json"]
 
 
 def read_matrix_json(target: Path) -> tuple[dict, Path]:
@@ -49,13 +53,15 @@ def read_matrix_json(target: Path) -> tuple[dict, Path]:
     type=click.Choice(METRICS),
     default="stitched_accuracy",
     show_default=True,
-    help="Cell value to draw; penalty = receiver accuracy - stitched accuracy.",
+    help="Cell value to draw; penalty = receiver accuracy - stitched accuracy; agreement, "
+    "match_r2, rank_stitched, rank_receiver, ood_score: the diagnostics (docs/report.md).",
 )
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Image file to write (.png, .svg, .pdf). [default: DIR/heatmap.png]",
+    help=f"Image file to write ({', '.join('.' + f for f in IMAGE_FORMATS)}). "
+    "[default: DIR/heatmap.png]",
 )
 def plot_command(directory: Path, metric: str, out: Path | None) -> None:
     """Redraw the heatmap (and matrix.csv) of the stitching matrix in DIR from DIR/matrix.json.
@@ -64,9 +70,12 @@ def plot_command(directory: Path, metric: str, out: Path | None) -> None:
     Examples:
       stitch plot runs/r18-r34
       stitch plot runs/r18-r34 --metric penalty --out penalty.png
+      stitch plot runs/r18-r34 --metric ood_score --out ood.svg
     """
     results, directory = read_matrix_json(directory)
     image = out or directory / "heatmap.png"
+    check_output(image)  # before anything is drawn
+    check_output(directory / "matrix.csv", ("csv",))
     plot_matrix(results, image, metric=metric)
     rows = write_csv(results, directory / "matrix.csv")
     click.echo(f"wrote {image} and {directory / 'matrix.csv'} ({rows} cells)", err=True)

@@ -1,15 +1,20 @@
-"""``stitch plugins``: what is installed and what each plugin registered."""
+"""``stitch plugins``: what is installed and what each plugin registered.
+
+On a terminal a table; piped, plain aligned text with every name in full (see
+:func:`~stitchcore.cli.tables.print_table`); ``--json`` for programs.
+"""
 
 from __future__ import annotations
 
 import json
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from .. import plugins
 from .main import cli
+from .tables import print_table
+
+__all__ = ["plugins_command"]
 
 
 @cli.command("plugins")
@@ -26,14 +31,12 @@ def plugins_command(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title="stitchcore plugins")
-    for col in ("plugin", "package", "hooks", "registered"):
-        table.add_column(col)
+    table = []
     for r in rows:
         registered = "; ".join(
             f"{kind}: {', '.join(r[kind])}"
             for kind in ("families", "sources", "datasets")
             if r[kind]
         )
-        table.add_row(r["name"], r["package"], ", ".join(r["hooks"]), registered or "-")
-    Console().print(table)
+        table.append([r["name"], r["package"], ", ".join(r["hooks"]), registered or "-"])
+    print_table(("plugin", "package", "hooks", "registered"), table, title="stitchcore plugins")
