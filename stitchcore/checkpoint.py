@@ -9,7 +9,6 @@ family's module and loads the weights strictly.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
@@ -17,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from . import plugins
 from .cuts import Cutter
 from .errors import StitchError
+from .fileio import atomic_write, write_json
 from .sources import load_model
 from .spec import ActivationSpec
 from .stitching import StitchedModel
@@ -29,7 +29,7 @@ def save_stitch(directory: str | Path, result, *, sender: str, receiver: str, da
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in result.model.stitch.state_dict().items()}
-    save_file(state, str(out / "stitch.safetensors"))
+    atomic_write(out / "stitch.safetensors", lambda tmp: save_file(state, str(tmp)))
     record = {
         "format": FORMAT,
         "sender": {"model": sender, **result.sender_cut.to_json()},
@@ -40,14 +40,8 @@ def save_stitch(directory: str | Path, result, *, sender: str, receiver: str, da
         "data": data,
         "metrics": result.metrics,
     }
-    write_json_atomic(out / "stitch.json", record)
+    write_json(out / "stitch.json", record)
     return out
-
-
-def write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def load_stitched(directory: str | Path) -> tuple[StitchedModel, dict]:
@@ -96,3 +90,6 @@ def load_stitch_weights(module, path: Path) -> None:
         parts += [f"missing {k}" for k in missing[:3]] + [f"unexpected {k}" for k in unexpected[:3]]
         raise StitchError(f"stitch checkpoint does not fit this pair: {'; '.join(parts)}")
     module.load_state_dict(state)
+
+
+__all__ = ["FORMAT", "load_stitch_weights", "load_stitched", "save_stitch"]

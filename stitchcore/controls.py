@@ -32,3 +32,8 @@ def randomized(model: nn.Module, seed: int = 0) -> nn.Module:
                 if id(p) not in covered:
                     p.normal_(0.0, 0.02)
     return clone.eval()
+
+
+__all__ = [
+    "randomized",
+]

@@ -291,3 +291,19 @@ def batches(
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
         yield x[idx], y[idx]
+
+
+__all__ = [
+    "DataOptions",
+    "DataSplits",
+    "Dataset",
+    "adapt",
+    "apply_options",
+    "as_image",
+    "batches",
+    "data_notes",
+    "default_coarse",
+    "input_kind",
+    "load_data",
+    "subset",
+]

@@ -22,20 +22,19 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .cache import ActivationStore
 from .cuts import Cut, Cutter
 from .datasets import DataSplits, adapt, input_kind
 from .diagnostics import pool_channels
 from .errors import StitchError
 from .families import StitchFamily, resolve_family
+from .feeds import ActivationCache, GroupFeed
 from .loader import RawBatch, ReadOptions, default_workers, raw_batches
 from .runtime import Runtime
 from .sources import LoadedModel
@@ -51,7 +50,6 @@ from .stitching import (
 )
 from .tracing import call_model
 from .trainer import (
-    Batch,
     Member,
     chance_warning,
     evaluate_members,
@@ -162,7 +160,9 @@ class RunData:
         """Lazy sources are read at the largest input size among ``sides``."""
         read = ReadOptions()
         if input_kind(splits.train_x) == "lazy":
-            shapes = [s.input.shape for s in sides if s.input is not None and s.input.kind == "image"]
+            shapes = [
+                s.input.shape for s in sides if s.input is not None and s.input.kind == "image"
+            ]
             if not shapes:
                 raise StitchError("no model of this run takes images, and the data holds images")
             read = ReadOptions(
@@ -172,105 +172,6 @@ class RunData:
                 pin_memory=runtime.pin_memory,
             )
         return cls(splits, False, read)
-
-
-# ------------------------------------------------------------------------------------ cache
-class ActivationCache:
-    """Sender activations at cuts, per (sender key, split): cached in stores, or streamed.
-
-    ``mode`` is ``memory`` (device memory on a GPU when it fits, else host memory), ``disk``
-    (16-bit memory-mapped files under ``spill_dir``) or ``stream`` (nothing kept: each batch runs
-    the sender prefix again); :meth:`plan` chooses it from the bytes needed and the budgets.
-    """
-
-    def __init__(
-        self,
-        runtime: Runtime,
-        *,
-        memory_budget: int,
-        disk_budget: int = 0,
-        spill_dir: Path | None = None,
-        fp16: bool = False,
-        mode: str | None = None,
-    ) -> None:
-        self.runtime = runtime
-        self.memory_budget, self.disk_budget = memory_budget, disk_budget
-        self.spill_dir, self.fp16 = spill_dir, fp16
-        self.mode = mode
-        self.stores: dict[tuple, ActivationStore] = {}
-        self.bytes = 0
-        self.pass_s = 0.0
-
-    def plan(self, per_sample_bytes: int, samples: int, log: Callable[[str], None]) -> str:
-        """Choose the mode for ``samples`` samples of ``per_sample_bytes`` (fp32) and say so."""
-        if self.mode:
-            return self.mode
-        need32 = per_sample_bytes * samples
-        need = need32 // 2 if self.fp16 else need32
-        gb = lambda b: f"{b / 2**30:.2f} GB"  # noqa: E731
-        if need <= self.memory_budget:
-            self.mode = "memory"
-            where = "GPU" if self.runtime.device.type == "cuda" else "host"
-            why = f"{gb(need)} of sender activations fit the {gb(self.memory_budget)} budget"
-            log(f"activations: cached in {where} memory ({why})")
-        elif self.spill_dir is not None and need32 // 2 <= self.disk_budget:
-            self.mode, self.fp16 = "disk", True
-            log(
-                f"activations: cached on disk in 16 bits under {self.spill_dir} "
-                f"({gb(need32 // 2)}; memory budget {gb(self.memory_budget)})"
-            )
-        else:
-            self.mode = "stream"
-            log(
-                f"activations: streamed (the sender prefix runs once per batch for each group: "
-                f"{gb(need)} would not fit the {gb(self.memory_budget)} memory budget"
-                + (f" nor the {gb(self.disk_budget)} disk budget)" if self.spill_dir else ")")
-            )
-        return self.mode
-
-    @property
-    def streaming(self) -> bool:
-        return self.mode == "stream"
-
-    def missing(self, key: str, split: str, cuts: list[int]) -> list[int]:
-        return [i for i in cuts if (key, split, i) not in self.stores]
-
-    def fill(
-        self,
-        key: str,
-        split: str,
-        cuts: list[tuple[int, Cut]],
-        batches: Iterator[tuple[torch.Tensor, tuple]],
-        n: int,
-    ) -> None:
-        """Store the activations that ``batches`` (indices, acts per cut) yield for a split."""
-        on_device = self.mode == "memory" and self.runtime.device.type != "cpu"
-        stores = []
-        for i, cut in cuts:
-            store = ActivationStore(
-                n,
-                cut.spec.shape,
-                fp16=self.fp16,
-                budget=self.memory_budget if self.mode == "memory" else 0,
-                spill_dir=self.spill_dir,
-                device=self.runtime.device if on_device else None,
-            )
-            self.stores[(key, split, i)] = store
-            stores.append(store)
-        t0 = time.perf_counter()
-        for idx, acts in batches:
-            for store, a in zip(stores, acts):
-                store.put(idx, a)
-        self.pass_s += time.perf_counter() - t0
-        self.bytes += sum(s.nbytes for s in stores)
-
-    def take(self, key: str, split: str, i: int, idx: torch.Tensor) -> torch.Tensor:
-        return self.runtime.to(self.stores[(key, split, i)].take(idx))
-
-    def close(self) -> None:
-        for s in self.stores.values():
-            s.close()
-        self.stores.clear()
 
 
 # ------------------------------------------------------------------------------------ engine
@@ -477,18 +378,23 @@ class Engine:
     def sender_sample(self, key, side, i, cut, idx) -> torch.Tensor:
         if not self.cache.streaming and (key, "train", i) in self.cache.stores:
             return self.cache.take(key, "train", i, idx).float()
-        parts = [self.sender_acts(side, [cut], raw)[0].float() for raw in self.raw("train", idx, EVAL_BATCH)]
+        parts = [
+            self.sender_acts(side, [cut], raw)[0].float()
+            for raw in self.raw("train", idx, EVAL_BATCH)
+        ]
         return torch.cat(parts)
 
     def feed(self, key, s_side, s_cuts, split, *, r_side=None, prefix=None, context=False,
-             own_pred=False) -> _GroupFeed:  # fmt: skip
-        return _GroupFeed(self, key, s_side, s_cuts, split, r_side, prefix, context, own_pred)
+             own_pred=False) -> GroupFeed:  # fmt: skip
+        return GroupFeed(self, key, s_side, s_cuts, split, r_side, prefix, context, own_pred)
 
     def _train_and_measure(
         self, members, variant, s_key, s_side, s_cuts, r_side, r_cut, prefix, suffix, r_sample
     ) -> None:
         cfg = self.cfg
-        guard = FrozenGuard(receiver_suffix=suffix, sender=self.extractor(s_side, [c for _, c in s_cuts]))
+        guard = FrozenGuard(
+            receiver_suffix=suffix, sender=self.extractor(s_side, [c for _, c in s_cuts])
+        )
         want_ctx = bool(getattr(suffix, "needs_context", False))
         needed = sorted({m.key for m in members})
         cuts = [(i, c) for i, c in s_cuts if i in needed]
@@ -585,51 +491,6 @@ class Engine:
             res.cell["cka"] = v if math.isfinite(v) else None
 
 
-class _GroupFeed:
-    """Batches for a group on one split: sender activations at the group's cuts (cached or
-    streamed), labels, and the receiver's activation (``prefix``), input (``context``) and own
-    predictions when asked."""
-
-    def __init__(self, engine, key, s_side, cuts, split, r_side, prefix, context, own_pred):
-        self.e, self.key, self.s_side, self.cuts, self.split = engine, key, s_side, cuts, split
-        self.r_side, self.prefix, self.context, self.own_pred = r_side, prefix, context, own_pred
-        self.preds = engine.own_predictions(r_side, split) if own_pred else None
-        self.needs_raw = engine.cache.streaming or prefix is not None or context
-
-    def batches(self, order: torch.Tensor, batch_size: int, *, train: bool) -> Iterator[Batch]:
-        e, rt = self.e, self.e.runtime
-        min_batch = 2 if train else 1
-        if not self.needs_raw:
-            labels = e.data.split(self.split)[1]
-            for idx in order.split(batch_size):
-                if len(idx) < min_batch:
-                    continue
-                acts = {i: e.cache.take(self.key, self.split, i, idx) for i, _ in self.cuts}
-                yield Batch(idx, rt.to(labels[idx]), acts, receiver_pred=self._pred(idx))
-            return
-        for raw in e.raw(self.split, order, batch_size, min_batch=min_batch):
-            if e.cache.streaming:
-                acts = dict(
-                    zip([i for i, _ in self.cuts], e.sender_acts(self.s_side, [c for _, c in self.cuts], raw))
-                )
-            else:
-                acts = {i: e.cache.take(self.key, self.split, i, raw.idx) for i, _ in self.cuts}
-            x_r, target = None, None
-            if self.prefix is not None or self.context:
-                x_r = self.r_side.view(raw.inputs, e.data.ready, rt)
-            if self.prefix is not None:
-                with torch.no_grad(), rt.autocast():
-                    target = self.prefix(x_r)
-            yield Batch(
-                raw.idx, rt.to(raw.labels), acts, target=target,
-                context=x_r if self.context else None, receiver_pred=self._pred(raw.idx),
-            )  # fmt: skip
-
-    def _pred(self, idx):
-        return None if self.preds is None else self.e.runtime.to(self.preds[idx])
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-

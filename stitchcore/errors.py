@@ -56,3 +56,12 @@ def closest(name: str, known: Iterable[str], n: int = 5) -> list[str]:
         if lowered and lowered in k.lower() and k not in hits:
             hits.append(k)
     return hits
+
+
+__all__ = [
+    "CutError",
+    "OfflineError",
+    "StitchError",
+    "UnknownNameError",
+    "closest",
+]

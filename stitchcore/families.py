@@ -86,3 +86,10 @@ def resolve_family(
             + (f"families that can: {', '.join(can)}" if can else "no family can")
         )
     return family, f"family {name!r} requested"
+
+
+__all__ = [
+    "StitchFamily",
+    "accepting",
+    "resolve_family",
+]

@@ -41,10 +41,21 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         write(tmp)
         with open(tmp, "rb+") as f:  # on disk before the rename makes it visible
             os.fsync(f.fileno())
+        os.chmod(tmp, _mode(path))  # mkstemp makes 0600; keep what a plain open would give
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _mode(path: Path) -> int:
+    """The target's current mode, else what ``open`` would give a new file (0666 & ~umask)."""
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:

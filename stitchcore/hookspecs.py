@@ -55,3 +55,15 @@ def cut_backend(model, example):
     ``example`` is a batched example input. For models that torch.fx cannot trace by design
     (Hugging Face transformers 5.x).
     """
+
+
+__all__ = [
+    "cut_backend",
+    "hookimpl",
+    "hookspec",
+    "model_hints",
+    "register_datasets",
+    "register_model_sources",
+    "register_stitch_families",
+    "tracer_policy",
+]

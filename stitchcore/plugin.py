@@ -15,7 +15,7 @@ from .graph import outputs_close
 from .hookspecs import hookimpl
 from .linalg import AffineFit, LeastSquares, lstsq_with_bias
 from .sources import LoadedModel, ModelSource, ModelSpec, parse_spec
-from .spec import ActivationSpec, InputSpec, ModelHints
+from .spec import ActivationSpec, InputSpec, ModelHints, infer_activation_spec
 from .tracing import TracerPolicy
 from .weights import (
     cached_download,
@@ -52,6 +52,7 @@ __all__ = [
     "cached_download",
     "closest",
     "hookimpl",
+    "infer_activation_spec",
     "list_entries",
     "load_entry",
     "load_state_dict_checked",

@@ -174,3 +174,22 @@ def call_first(hook_name: str, **kwargs) -> Any:
 
 def call_all(hook_name: str, **kwargs) -> list[Any]:
     return [r for r in getattr(get_plugin_manager().hook, hook_name)(**kwargs) if r is not None]
+
+
+__all__ = [
+    "DEFAULT_PLUGINS",
+    "ENV_PLUGINS",
+    "ENV_TRACE",
+    "GROUP",
+    "Registered",
+    "call_all",
+    "call_first",
+    "datasets",
+    "families",
+    "get_dataset",
+    "get_family",
+    "get_plugin_manager",
+    "get_source",
+    "plugin_report",
+    "sources",
+]

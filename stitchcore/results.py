@@ -23,16 +23,23 @@ from __future__ import annotations
 import fcntl
 import os
 import platform
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from .errors import StitchError
 from .fileio import DamagedFileError, read_json, sweep_temporaries, write_json
+from .provenance import provenance, versions
 
-__all__ = ["CELL_FIELDS", "SCHEMA", "GroupClaim", "ResultsDir", "assemble", "provenance", "versions"]
+__all__ = [
+    "CELL_FIELDS",
+    "SCHEMA",
+    "GroupClaim",
+    "ResultsDir",
+    "assemble",
+    "provenance",
+    "versions",
+]
 
 SCHEMA = "stitchcore.matrix/1"  # cells gained fields (digest, diagnostics, convergence): additive
 #: Fields every finished cell has (a cell file without them is damaged).
@@ -81,7 +88,9 @@ class ResultsDir:
             probe.write_text("ok")
             probe.unlink()
         except OSError as exc:
-            raise StitchError(f"cannot write to output directory {self.path}: {exc.strerror}") from exc
+            raise StitchError(
+                f"cannot write to output directory {self.path}: {exc.strerror}"
+            ) from exc
 
     def stored_digest(self) -> str | None:
         """The digest in config.json (None when absent; a damaged config.json is reported and
@@ -225,41 +234,3 @@ def assemble(out: str | Path, timings: dict | None = None, *, strict: bool = Fal
     write_csv(results, rd.path / "matrix.csv")
     plot_matrix(results, rd.path / "heatmap.png")
     return results
-
-
-def versions() -> dict:
-    """Versions of Python and the packages that change numbers."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("stitchcore", "torch", "timm", "transformers"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-def provenance() -> dict:
-    """Where a result came from: the command line, the time, and the stitchcore commit when it
-    runs from a git checkout (with ``+dirty`` when it has uncommitted changes)."""
-    here = Path(__file__).resolve().parent
-    commit = None
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
-            timeout=5, check=True,
-        ).stdout.strip() or None  # fmt: skip
-        dirty = subprocess.run(
-            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5,
-        ).stdout.strip()  # fmt: skip
-        if commit and dirty:
-            commit += "+dirty"
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {
-        "commit": commit,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else None,
-    }

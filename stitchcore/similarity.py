@@ -184,3 +184,10 @@ class MinibatchCKA:
             torch.from_numpy(self.self_b),
         )
         return out.numpy()
+
+
+__all__ = [
+    "MIN_BATCH",
+    "MinibatchCKA",
+    "linear_cka",
+]

@@ -10,6 +10,11 @@ its weights, and a killed run leaves no half entry.
 Where: ``--zoo DIR``, else ``$STITCHCORE_ZOO``, else ``$XDG_CACHE_HOME/stitchcore/zoo``
 (``~/.cache/stitchcore/zoo``). Loading an entry (``zoo:NAME``) rebuilds the architecture from
 the record's base spec with ``@random`` weights, so no pretrained weights are needed to use it.
+
+Text data (``list[str]``, e.g. ``fortunes``) trains text models (a source's model with a
+``preprocess``, e.g. ``hf:``) at ``seq_len`` tokens; a zoo text model comes back with its base
+model's tokenizer. Training runs on ``device`` (not part of the name: where a model was trained
+is recorded, not asked for) in ``precision`` (part of the name when not fp32).
 """
 
 from __future__ import annotations
@@ -29,11 +34,13 @@ import torch
 from .datasets import DataOptions, DataSplits, default_coarse, load_data
 from .errors import StitchError, UnknownNameError
 from .fileio import atomic_write
-from .results import versions
+from .provenance import versions
+from .runtime import PRECISIONS, make_runtime
 from .sources import LoadedModel, build_model, parse_spec
 from .spec import InputSpec
 from .training import (
     HEADS,
+    ModelInput,
     TrainConfig,
     adapt_input_channels,
     attach_head,
@@ -65,8 +72,10 @@ class TrainRequest:
     ``head`` None means: ``finetune`` for ``@random`` (or no ``@``) and ``probe`` for other
     weights. A spec without ``@WEIGHTS`` trains from ``@random`` unless the head is ``probe``
     (a probe needs trained features, so the source's default weights are used).
-    ``input_size`` None means the dataset default (see ``default_input_size``).
-    ``data_seed`` picks the training subset and label noise, apart from ``seed`` (init, order).
+    ``input_size`` None means the dataset default (see ``default_input_size``); ``seq_len`` is
+    a text model's sequence length in tokens (None: the source's default). ``data_seed`` picks
+    the training subset and label noise, apart from ``seed`` (init, order). ``precision``:
+    autocast while training (fp32, bf16, fp16).
     """
 
     model: str
@@ -84,6 +93,9 @@ class TrainRequest:
     batch_size: int | None = None
     optimizer: str = "adam"
     data_seed: int = 0
+    seq_len: int | None = None
+    precision: str = "fp32"
+    test_size: int | None = None
 
     def resolved(self) -> TrainRequest:
         """The request with ``head`` and the model's weights made explicit."""
@@ -95,11 +107,19 @@ class TrainRequest:
         model = self.model
         if parsed.weights is None and head == "finetune":
             model = f"{model}@random"
-        for label, value, low in (("epochs", self.epochs, 1), ("in-chans", self.in_chans, 1)):
+        checks = [("epochs", self.epochs, 1), ("in-chans", self.in_chans, 1)]
+        checks += [("test-size", self.test_size, 1)] if self.test_size is not None else []
+        for label, value, low in checks:
             if value < low:
                 raise StitchError(f"--{label} must be at least {low}, got {value}")
         if self.input_size is not None and self.input_size < 8:
             raise StitchError(f"--input-size must be at least 8, got {self.input_size}")
+        if self.seq_len is not None and self.seq_len < 2:
+            raise StitchError(f"--seq-len must be at least 2, got {self.seq_len}")
+        if self.precision not in PRECISIONS:
+            raise StitchError(
+                f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}"
+            )
         if not 0 <= self.label_noise <= 1:
             raise StitchError(f"--label-noise must be in [0, 1], got {self.label_noise:g}")
         if self.width <= 0:
@@ -125,15 +145,18 @@ class TrainRequest:
         finetune = r.head == "finetune"
         tags = [
             (r.train_size, lambda: f"n{r.train_size}"),
+            (r.test_size, lambda: f"t{r.test_size}"),
             (r.label_noise, lambda: f"noise{r.label_noise:g}"),
             (r.coarse, lambda: "coarse"),
             (r.width != 1, lambda: f"w{r.width:g}"),
             (r.input_size, lambda: f"px{r.input_size}"),
+            (r.seq_len, lambda: f"len{r.seq_len}"),
             (r.in_chans != 3, lambda: f"c{r.in_chans}"),
             (r.data_seed, lambda: f"d{r.data_seed}"),
             (finetune and r.lr, lambda: f"lr{r.lr:g}"),
             (finetune and r.batch_size, lambda: f"b{r.batch_size}"),
             (finetune and r.optimizer != "adam", lambda: r.optimizer),
+            (r.precision != "fp32", lambda: r.precision),
         ]
         parts += [tag() for cond, tag in tags if cond]
         name = "-".join(parts)
@@ -172,12 +195,14 @@ def ensure_trained(
     force: bool = False,
     progress: bool | None = None,
     log=stderr_log,
+    device: str = "auto",
     **options,
 ) -> tuple[LoadedModel, dict]:
     """The trained model for this configuration, training and saving it only if the zoo lacks it.
 
-    ``options`` are the other TrainRequest fields (train_size, label_noise, coarse, width,
-    input_size, in_chans, head, lr, batch_size, optimizer, data_seed). Says on stderr (``log``)
+    ``options`` are the other TrainRequest fields (train_size, test_size, label_noise, coarse, width,
+    input_size, seq_len, in_chans, head, lr, batch_size, optimizer, data_seed, precision).
+    ``device``: where to train when it must (auto|cpu|cuda|cuda:N|mps). Says on stderr (``log``)
     whether it reuses or trains.
     """
     try:
@@ -186,15 +211,18 @@ def ensure_trained(
         raise StitchError(f"ensure_trained: {exc}") from exc
     request = request.resolved()
     name = request.name()
+    runtime = make_runtime(device, request.precision)  # a bad device fails before anything
     directory = zoo_dir(zoo)
     log = log or (lambda _msg: None)
     if not force and (directory / f"{name}.json").is_file():
         log(f"zoo: reusing zoo:{name} (trained before; --force retrains)")
         loaded = load_entry(name, directory)
         return loaded, loaded.meta
-    record, module = train_entry(request, log=log, progress=progress, zoo=directory)
+    record, module, base = train_entry(
+        request, log=log, progress=progress, zoo=directory, runtime=runtime
+    )
     record = save_entry(directory, name, module, record)
-    return _loaded(module, record), record
+    return _loaded(module, record, base), record
 
 
 def train_entry(
@@ -203,26 +231,40 @@ def train_entry(
     log=stderr_log,
     progress: bool | None = None,
     zoo: Path | None = None,
+    runtime=None,
 ):
-    """Train one configuration; returns ``(record, module)`` without saving anything."""
+    """Train one configuration on ``runtime`` (default: the CPU in the request's precision);
+    returns ``(record, module, base model)`` without saving anything."""
     log = log or (lambda _msg: None)
     r = request.resolved()
+    runtime = runtime or make_runtime("cpu", r.precision)
     options = DataOptions(
         train_size=r.train_size,
+        test_size=r.test_size,
         label_noise=r.label_noise,
         coarse=default_coarse(r.data) if r.coarse else None,
         seed=r.data_seed,
     )
     data = load_data(r.data, options)
-    size = r.input_size or default_input_size(*data.image_shape[1:])
+    text = _check_kind(r, data)
+    size = r.seq_len if text else r.input_size or default_input_size(*data.image_shape[1:])
     base = _build_seeded(r, size)
     # after resolved(), no @WEIGHTS means the source's default (trained) weights, for a probe
     parsed = parse_spec(r.model)
     pretrained = not parsed.is_random
-    spec = _input_spec(base, data, r.in_chans, size, pretrained)
+    if text:
+        if base.input.kind != "tokens" or base.preprocess is None:
+            raise StitchError(
+                f"{r.model} takes {base.input.kind} without a tokenizer; {r.data} holds text "
+                "(train a text model with one, e.g. hf:all-MiniLM-L6-v2)"
+            )
+        spec = base.input
+    else:
+        spec = _input_spec(base, data, r.in_chans, size, pretrained)
     module, head = _shape_module(base, r, spec, data.num_classes)
+    inputs = ModelInput(spec, base.preprocess, runtime)
     where = f" in {zoo}" if zoo else ""
-    what = f"{len(data.train_y)} images, " + (
+    what = f"{len(data.train_y)} {'texts' if text else 'images'}, " + (
         "linear probe" if r.head == "probe" else f"{r.epochs} epoch" + "s" * (r.epochs != 1)
     )
     log(f"zoo: no trained {r.model} on {r.data}{where}; training zoo:{r.name()} now ({what})")
@@ -235,10 +277,10 @@ def train_entry(
         progress=progress,
     )
     if r.head == "probe":
-        result = fit_linear_probe(module, head, data, spec, log=log)
+        result = fit_linear_probe(module, head, data, inputs, log=log)
         head.probe = result.probe
     else:
-        result = train_classifier(module, data, spec, config, pretrained=pretrained, log=log)
+        result = train_classifier(module, data, inputs, config, pretrained=pretrained, log=log)
     module.eval()
     record = {
         "format": RECORD_FORMAT,
@@ -259,6 +301,7 @@ def train_entry(
         "seconds": result.seconds,
         "seconds_per_epoch": result.seconds_per_epoch,
         "threads": torch.get_num_threads(),
+        "runtime": runtime.describe(),
         "parameters": sum(p.numel() for p in module.parameters()),
         "versions": _versions(base.module),
         "base_meta": _plain(base.meta),
@@ -269,7 +312,27 @@ def train_entry(
         },
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    return record, module
+    return record, module, base
+
+
+def _check_kind(r: TrainRequest, data: DataSplits) -> bool:
+    """True for text data; options that do not apply to the data's kind are errors."""
+    if data.kind == "lazy":
+        raise StitchError(
+            f"stitch train reads image tensors or text; {r.data} is read lazily from files "
+            "(train on a dataset held in memory, e.g. digits, cifar10, fortunes)"
+        )
+    text = data.kind == "text"
+    wrong = (
+        [("--input-size", r.input_size), ("--in-chans", r.in_chans != 3), ("--coarse", r.coarse)]
+        if text
+        else [("--seq-len", r.seq_len)]
+    )
+    for flag, value in wrong:
+        if value:
+            what = "text" if text else "images"
+            raise StitchError(f"{flag} does not apply to {r.data}, which holds {what}")
+    return text
 
 
 def _build_seeded(r: TrainRequest, size: int) -> LoadedModel:
@@ -282,7 +345,9 @@ def _build_seeded(r: TrainRequest, size: int) -> LoadedModel:
     torch.manual_seed(r.seed)
     if parsed.weights == "random":
         try:
-            return build_model(parsed.with_weights(f"random-{r.seed}"), width=r.width, input_size=size)
+            return build_model(
+                parsed.with_weights(f"random-{r.seed}"), width=r.width, input_size=size
+            )
         except StitchError:
             torch.manual_seed(r.seed)
     return build_model(parsed, width=r.width, input_size=size)
@@ -305,6 +370,10 @@ def _input_spec(
 def _shape_module(base: LoadedModel, r: TrainRequest, spec: InputSpec, num_classes: int):
     """Input channels and head, applied the same way at training and at rebuild time."""
     module = base.module
+    if spec.kind == "tokens":
+        example = spec.example(2)
+        pad = spec.extra.get("pad_token_id")
+        return attach_head(module, num_classes, r.head, example, base.num_classes, pad)
     base_chans = base.input.shape[0] if base.input.kind == "image" else 3
     size = spec.shape[1:]
     if r.in_chans != base_chans:
@@ -325,13 +394,15 @@ def _data_json(r: TrainRequest, data: DataSplits) -> dict:
     return {
         "spec": r.data,
         "train_size": r.train_size,
+        "test_size": r.test_size,
         "label_noise": r.label_noise,
         "coarse": r.coarse,
         "data_seed": r.data_seed,
         "num_classes": data.num_classes,
         "train_samples": len(data.train_y),
         "test_samples": len(data.test_y),
-        "image_shape": list(data.image_shape),
+        "kind": data.kind,
+        **({} if data.kind == "text" else {"image_shape": list(data.image_shape)}),
     }
 
 
@@ -357,7 +428,7 @@ def save_entry(directory: Path, name: str, module: torch.nn.Module, record: dict
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
     weights = directory / f"{name}.safetensors"
     atomic_write(weights, lambda tmp: save_file(state, str(tmp)))
     record = {**record, "weights": weights.name}
@@ -417,21 +488,31 @@ def load_entry(name: str, zoo: str | Path | None = None, *, trained: bool = True
 
     record, directory = read_record(name, zoo)
     r = TrainRequest(**record["request"])
-    spec = InputSpec(
-        tuple(record["input"]["shape"]),
-        mean=tuple(record["input"]["mean"]) if record["input"].get("mean") else None,
-        std=tuple(record["input"]["std"]) if record["input"].get("std") else None,
-    )
-    base = _rebuild_base(r, spec.shape[1])
+    spec = _recorded_input(record)
+    text = spec.kind == "tokens"
+    base = _rebuild_base(r, spec.shape[0] if text else spec.shape[1])
+    if text:
+        spec = base.input  # with its tokenizer and pad id
     module, head = _shape_module(base, r, spec, record["num_classes"])
     if dataclasses.asdict(head) | {"probe": {}} != record["head"] | {"probe": {}}:
         raise StitchError(
             f"zoo:{name}: rebuilt head {head} differs from the record's {record['head']}"
         )
     if not trained:
-        return _loaded(module, record, suffix="@random")
+        return _loaded(module, record, base, suffix="@random")
     load_state_dict_file(module, directory / record["weights"])
-    return _loaded(module, record)
+    return _loaded(module, record, base)
+
+
+def _recorded_input(record: dict) -> InputSpec:
+    inp = record["input"]
+    return InputSpec(
+        tuple(inp["shape"]),
+        dtype=inp.get("dtype", "float32"),
+        kind=inp.get("kind", "image"),
+        mean=tuple(inp["mean"]) if inp.get("mean") else None,
+        std=tuple(inp["std"]) if inp.get("std") else None,
+    )
 
 
 def _rebuild_base(r: TrainRequest, size: int) -> LoadedModel:
@@ -443,19 +524,21 @@ def _rebuild_base(r: TrainRequest, size: int) -> LoadedModel:
         return build_model(parsed, width=r.width, input_size=size)
 
 
-def _loaded(module: torch.nn.Module, record: dict, suffix: str = "") -> LoadedModel:
+def _loaded(
+    module: torch.nn.Module, record: dict, base: LoadedModel, suffix: str = ""
+) -> LoadedModel:
+    """The zoo model as a LoadedModel: the recorded input spec (for text, the base model's, with
+    its tokenizer as ``preprocess``), the base model's cut names under the head."""
     hints_json = record.get("hints", {})
     cuts = hints_json.get("cuts")
     if cuts and record["head"].get("added"):
         cuts = ["trunk." + c for c in cuts]  # the base model sits under LinearHead.trunk
     from .spec import ModelHints
 
-    inp = record["input"]
-    spec = InputSpec(
-        tuple(inp["shape"]),
-        mean=tuple(inp["mean"]) if inp.get("mean") else None,
-        std=tuple(inp["std"]) if inp.get("std") else None,
-    )
+    spec = _recorded_input(record)
+    text = spec.kind == "tokens"
+    if text:
+        spec = base.input
     hints = ModelHints(
         cuts=cuts,
         input=spec,
@@ -471,6 +554,7 @@ def _loaded(module: torch.nn.Module, record: dict, suffix: str = "") -> LoadedMo
         hints=hints,
         num_classes=record["num_classes"],
         meta=record,
+        preprocess=base.preprocess if text else None,
     )
 
 

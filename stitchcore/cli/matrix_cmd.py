@@ -218,3 +218,5 @@ def merge_command(directory: str, as_json: bool) -> None:
     )
     if len(final["cells"]) < expected:
         err_console.print(f"[yellow]{expected - len(final['cells'])} cells are not computed yet")
+
+__all__ = ["matrix_command", "merge_command"]

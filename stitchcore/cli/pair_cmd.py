@@ -142,3 +142,5 @@ def pair_command(**opts) -> None:  # fmt: skip
     for row in rows:
         table.add_row(*row)
     Console().print(table)
+
+__all__ = ["pair_command"]

@@ -33,3 +33,8 @@ def progress_bar(enabled: bool = True):
     )
     with progress:
         yield progress
+
+
+__all__ = [
+    "progress_bar",
+]
