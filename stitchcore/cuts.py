@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.utils._pytree import tree_map
 
 from . import default_hints, plugins
 from .errors import CutError, StitchError, UnknownNameError
@@ -82,6 +83,11 @@ class CutBackend:
     ``needs_context = True`` and is called as ``suffix(act, x)``; others as ``suffix(act)``
     (``run_suffix`` does either).
     """
+
+    def modules(self) -> list[nn.Module]:
+        """The modules the backend's prefixes, suffixes and extractors run (moved by
+        :meth:`Cutter.to`). Default: every module the backend holds as an attribute."""
+        return [v for v in vars(self).values() if isinstance(v, nn.Module)]
 
     def default_cuts(self) -> list[Cut]:
         raise NotImplementedError
@@ -283,6 +289,9 @@ class FxBackend(CutBackend):
         fast_layout(self.graph.gm)
         return True
 
+    def modules(self) -> list[nn.Module]:
+        return [self.graph.gm]  # the traced copy: the user's model stays where it is
+
     def verify(self, cuts: list[Cut], x: torch.Tensor, expected) -> dict[str, bool]:
         by_node = self.graph.verify([self._point(c) for c in cuts], x, expected)
         return {self.graph.names[n]: ok for n, ok in by_node.items()}
@@ -406,7 +415,8 @@ class Cutter:
         self.module, self.loaded = _unwrap(model)
         self.module.eval()
         self.hints = model_hints(model)
-        self.example = example_for(model, example_input)
+        # a model already on a GPU is traced and checked there, with the example moved to it
+        self.example = _to(example_for(model, example_input), _device_of(self.module))
         backend = plugins.call_first("cut_backend", model=self.module, example=self.example)
         self.backend: CutBackend = backend or FxBackend(self.module, self.example, self.hints)
         self.expected = self.reference(self.example)
@@ -457,6 +467,25 @@ class Cutter:
             self._check_input = self._check_expected = None
         return self
 
+    def to(self, device: torch.device | str) -> Cutter:
+        """Run every prefix, suffix and extractor of this cutter on ``device`` from now on (the
+        backend's modules and the check example move; the FX backend moves its own traced copy,
+        so the caller's model is not touched)."""
+        device = torch.device(device)
+        for module in self.backend.modules():
+            module.to(device)
+        self.example = _to(self.example, device)
+        self.expected = _to(self.expected, device)
+        self._check_input = self._check_expected = None
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        for module in self.backend.modules():
+            for t in (*module.parameters(), *module.buffers()):
+                return t.device
+        return torch.device("cpu")
+
     @torch.no_grad()
     def reference(self, x):
         """The output every split is checked against on input ``x`` (given as the example is):
@@ -477,6 +506,16 @@ class Cutter:
 
     def extractor(self, cuts: list[Cut]) -> nn.Module:
         return self.backend.extractor(cuts)
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    for t in (*module.parameters(), *module.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def _to(value: Any, device: torch.device) -> Any:
+    return tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, value)
 
 
 def run_suffix(suffix: nn.Module, act: torch.Tensor, inputs=None):

@@ -48,6 +48,14 @@ class ActivationCache:
     def plan(self, per_sample_bytes: int, samples: int, log: Callable[[str], None]) -> str:
         """Choose the mode for ``samples`` samples of ``per_sample_bytes`` (fp32) and say so."""
         if self.mode:
+            what = {
+                "memory": "cached in memory",
+                "disk": "cached on disk in 16 bits",
+                "stream": "streamed (the sender prefix runs once per batch for each group)",
+            }
+            log(f"activations: {what.get(self.mode, self.mode)} (--cache {self.mode})")
+            if self.mode == "disk":
+                self.fp16 = True
             return self.mode
         need32 = per_sample_bytes * samples
         need = need32 // 2 if self.fp16 else need32

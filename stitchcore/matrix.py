@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
+
 from . import plugins
 from .controls import randomized
 from .cuts import Cut, Cutter
@@ -108,8 +110,10 @@ class Matrix:
         shard: tuple[int, int] = (0, 1),
         log: Callable[[str], None] = lambda _m: None,
         on_cell: Callable[[dict], None] | None = None,
+        device: torch.device | None = None,
     ) -> None:
         self.cfg, self.results, self.sides = cfg, results, sides
+        self.device = device or torch.device("cpu")
         self.shard, self.log, self.on_cell = shard, log, on_cell
         self.digest = cfg.digest()
         if cfg.stitch.family != "auto":
@@ -173,8 +177,7 @@ class Matrix:
 
     def done(self, variant: str, j: int) -> bool:
         return all(
-            self.results.read_cell(variant, i, j, self.digest) is not None
-            for i in self.cells_of(j)
+            self.results.read_cell(variant, i, j, self.digest) is not None for i in self.cells_of(j)
         )
 
     def pending(self) -> list[tuple[str, int]]:
@@ -208,7 +211,7 @@ class Matrix:
             module = randomized(
                 real.module, seed=self.cfg.stitch.seed + (1 if role == "receiver" else 0)
             )
-            cutter = Cutter(module, real.cutter.example).fast_layout()
+            cutter = Cutter(module, real.cutter.example).fast_layout().to(self.device)
             cutter.hints = real.cutter.hints
             self._random[role] = Side(
                 cutter, real.input, f"{real.label} (random init)", real.preprocess, real.logits
@@ -265,7 +268,9 @@ class Matrix:
             finally:
                 claim.release()
         for variant, j in deferred:
-            self.log(f"{variant} → {self.receiver_cuts[j].name}: computed by another process; waiting")
+            self.log(
+                f"{variant} → {self.receiver_cuts[j].name}: computed by another process; waiting"
+            )
             claim = self.results.claim(variant, j)
             claim.acquire(wait=True)
             try:

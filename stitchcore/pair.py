@@ -119,6 +119,8 @@ def stitch_sides(
     """``stitch`` for prepared sides (the CLI's ``stitch pair``)."""
     start = time.perf_counter()
     runtime = make_runtime(device, precision)
+    for side in (s_side, r_side):
+        side.cutter.to(runtime.device)
     s_cut = s_side.cutter.resolve(sender_cut)
     r_cut = r_side.cutter.resolve(receiver_cut)
     if family_obj is None:

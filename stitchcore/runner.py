@@ -69,8 +69,14 @@ def default_out(sender: Any, receiver: Any, data: Any) -> Path:
     import re
 
     def clean(x: Any) -> str:
-        text = x if isinstance(x, str) else (x.get("module", "model") if isinstance(x, dict) else "data")
-        return re.sub(r"[^A-Za-z0-9_.-]+", "-", text.rsplit(".", 1)[-1] if isinstance(x, dict) else text).strip("-")
+        text = (
+            x
+            if isinstance(x, str)
+            else (x.get("module", "model") if isinstance(x, dict) else "data")
+        )
+        return re.sub(
+            r"[^A-Za-z0-9_.-]+", "-", text.rsplit(".", 1)[-1] if isinstance(x, dict) else text
+        ).strip("-")
 
     return Path("results") / f"matrix-{clean(sender)}-{clean(receiver)}-{clean(data)}"
 
@@ -128,7 +134,9 @@ def run_matrix(
 
     # ---- data and models (nothing written yet but the zoo)
     if isinstance(cfg.data, str):
-        options = DataOptions(train_size=cfg.train_size, test_size=cfg.test_size, seed=cfg.stitch.seed)
+        options = DataOptions(
+            train_size=cfg.train_size, test_size=cfg.test_size, seed=cfg.stitch.seed
+        )
         splits, ready = load_data(cfg.data, options), False
     else:
         splits, ready = as_splits(cfg.data)
@@ -144,13 +152,13 @@ def run_matrix(
     models = prepare_models(sender_obj, receiver_obj, cfg.data if isinstance(cfg.data, str) else splits.name,
                             splits, base_epochs, say, input_size=cfg.input_size,
                             train_size=cfg.train_size, data_seed=cfg.stitch.seed, barrier=dist)  # fmt: skip
-    sides = {
-        role: Side.of(getattr(models, role)) for role in ("sender", "receiver")
-    }
+    sides = {role: Side.of(getattr(models, role)) for role in ("sender", "receiver")}
     for side in sides.values():
-        side.cutter.fast_layout()  # the engine's cut modules in the fastest layout
+        side.cutter.fast_layout().to(runtime.device)  # the engine's cut modules, fast, there
     rd = ResultsDir(out or default_out(cfg.sender, cfg.receiver, cfg.data), say)
-    matrix = Matrix(cfg, rd, sides, shard=shard, log=say, on_cell=on_cell)  # validates cuts
+    matrix = Matrix(
+        cfg, rd, sides, shard=shard, log=say, on_cell=on_cell, device=runtime.device
+    )  # validates cuts
 
     # ---- the results directory
     if lead:

@@ -589,3 +589,31 @@ def test_wide_least_squares_is_solved_in_the_dual_and_equals_the_ridge_solution(
     assert torch.allclose(fit.bias, (y.mean(0) - fit.weight @ x.mean(0)), atol=tol)
     var = torch.einsum("oi,ij,oj->o", fit.weight, cov, fit.weight)
     assert torch.allclose(fit.linear_var, var, rtol=100 * tol)
+
+
+def test_subpixel_conv_recovers_a_per_sub_position_map_that_upsample_conv_cannot():
+    """A receiver map that is a different linear function of the sender at each of the k×k
+    sub-positions: subpixel_conv's least squares recovers it (to the ridge); upsample_conv, whose
+    output is constant over each block, cannot."""
+    from stitchcore.plugins import get_family
+    from stitchcore.spec import ActivationSpec
+
+    s, r = ActivationSpec((8, 4, 4), "nchw"), ActivationSpec((6, 8, 8), "nchw")
+    sub, up = get_family("subpixel_conv"), get_family("upsample_conv")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        truth = sub.build(s, r, batchnorm=False, kernel=1)
+        for p in truth.parameters():
+            p.normal_()
+        x = torch.randn(200, 8, 4, 4) * 3 + 1
+        y = truth(x)
+        fitted, blocky = sub.build(s, r, kernel=1), up.build(s, r)
+        sub.init(fitted, x, y)
+        up.init(blocky, x, y)
+        fitted.eval()
+        blocky.eval()
+        scale = float(y.abs().mean())
+        assert float((fitted(x) - y).abs().max()) < 1e-2 * scale
+        assert float((blocky(x) - y).abs().mean()) > 0.3 * scale
+        fitted.train()  # the closed form holds in train mode too (BatchNorm set to the data)
+        assert float((fitted(x) - y).abs().max()) < 1e-2 * scale

@@ -37,7 +37,41 @@ from .normfit import (
 FIT_CHUNK = 64
 
 
-class ConvStitch(PendingIdentity, nn.Module):
+class SandwichFit:
+    """The closed form shared by the conv sandwiches (``bn_in → conv → bn_out``, see normfit):
+    input BatchNorm set to the sender's statistics, least squares of :meth:`_targets` on
+    :meth:`_rows` of the normalised sender, output BatchNorm set so the fit holds in train and
+    eval mode. Subclasses define ``_rows``, ``_targets`` and the modules."""
+
+    @torch.no_grad()
+    def fit(self, sender_acts: torch.Tensor, receiver_acts: torch.Tensor) -> None:
+        check_batch(sender_acts, self.sender_spec, "sender")
+        check_batch(receiver_acts, self.receiver_spec, "receiver")
+        xs = to_nchw(sender_acts, self.sender_spec.layout).float()
+        ys = to_nchw(receiver_acts, self.receiver_spec.layout).float()
+        if self.batchnorm:
+            set_input_norm(self.bn_in, *channel_moments(xs))
+        ls = LeastSquares()
+        for start in range(0, xs.shape[0], FIT_CHUNK):
+            x_hat = normalise(xs[start : start + FIT_CHUNK], self.bn_in)
+            ls.add(self._rows(x_hat), self._targets(ys[start : start + FIT_CHUNK]))
+        self._apply_fit(ls.solve(ridge=self.ridge))
+        self.pending_identity = False
+
+    def _apply_fit(self, fit) -> None:
+        w = self.conv.weight
+        w.copy_(fit.weight.view(w.shape).to(w.dtype))
+        if self.batchnorm:
+            set_output_norm(self.bn_out, fit)
+        else:
+            self.conv.bias.copy_(fit.bias.to(w.dtype))
+
+    @property
+    def batchnorm(self) -> bool:
+        return isinstance(self.bn_in, nn.BatchNorm2d)
+
+
+class ConvStitch(SandwichFit, PendingIdentity, nn.Module):
     """``bn_in → [nearest upsample] → conv(kernel = stride) → bn_out`` between two maps."""
 
     def __init__(
@@ -63,10 +97,6 @@ class ConvStitch(PendingIdentity, nn.Module):
         self.conv = nn.Conv2d(c_in, c_out, self.kernel, stride=self.kernel, bias=not batchnorm)
         self.bn_out = nn.BatchNorm2d(c_out) if batchnorm else nn.Identity()
 
-    @property
-    def batchnorm(self) -> bool:
-        return isinstance(self.bn_in, nn.BatchNorm2d)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with self.calibrating(x):
             y = self.bn_in(to_nchw(x, self.sender_spec.layout))
@@ -80,35 +110,14 @@ class ConvStitch(PendingIdentity, nn.Module):
         cols = F.unfold(x_hat, kernel_size=self.kernel, stride=self.kernel)
         return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
-    @torch.no_grad()
-    def fit(self, sender_acts: torch.Tensor, receiver_acts: torch.Tensor) -> None:
-        check_batch(sender_acts, self.sender_spec, "sender")
-        check_batch(receiver_acts, self.receiver_spec, "receiver")
-        xs = to_nchw(sender_acts, self.sender_spec.layout).float()
-        ys = to_nchw(receiver_acts, self.receiver_spec.layout).float()
-        if self.batchnorm:
-            set_input_norm(self.bn_in, *channel_moments(xs))
-        ls = LeastSquares()
-        for start in range(0, xs.shape[0], FIT_CHUNK):
-            x_hat = normalise(xs[start : start + FIT_CHUNK], self.bn_in)
-            y = ys[start : start + FIT_CHUNK]
-            if self.scale != (1, 1):
-                # Nearest upsampling repeats each sender position over a k×k block, so the fit
-                # on upsampled rows equals the fit of the sender positions to the receiver's
-                # block means (the within-block spread of y is a constant of the loss): same
-                # solution, k² fewer rows.
-                y = F.avg_pool2d(y, self.scale)
-            ls.add(self._rows(x_hat), y.flatten(2).transpose(1, 2).reshape(-1, y.shape[1]))
-        self._apply_fit(ls.solve(ridge=self.ridge))
-        self.pending_identity = False
-
-    def _apply_fit(self, fit) -> None:
-        w = self.conv.weight
-        w.copy_(fit.weight.view(w.shape).to(w.dtype))
-        if self.batchnorm:
-            set_output_norm(self.bn_out, fit)
-        else:
-            self.conv.bias.copy_(fit.bias.to(w.dtype))
+    def _targets(self, y: torch.Tensor) -> torch.Tensor:
+        """Least-squares targets, one row per row of :meth:`_rows`. Nearest upsampling repeats
+        each sender position over a k×k block, so the fit on upsampled rows equals the fit of
+        the sender positions to the receiver's block means (the within-block spread of y is a
+        constant of the loss): same solution, k² fewer rows."""
+        if self.scale != (1, 1):
+            y = F.avg_pool2d(y, self.scale)
+        return y.flatten(2).transpose(1, 2).reshape(-1, y.shape[1])
 
     @torch.no_grad()
     def fit_identity(self, sender_acts: torch.Tensor) -> None:

@@ -24,17 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stitchcore.plugin import ActivationSpec, LeastSquares, StitchError
+from stitchcore.plugin import ActivationSpec, StitchError
 
 from .base import DEFAULT_RIDGE, as_bool, as_ridge
-from .conv import FIT_CHUNK, _ConvFamily, integer_factor
-from .layouts import check_batch, from_nchw, size_text, to_nchw
-from .normfit import channel_moments, normalise, set_input_norm, set_output_norm
+from .conv import SandwichFit, _ConvFamily, integer_factor
+from .layouts import from_nchw, size_text, to_nchw
 
 __all__ = ["SubpixelConvFamily", "SubpixelStitch"]
 
 
-class SubpixelStitch(nn.Module):
+class SubpixelStitch(SandwichFit, nn.Module):
     """``bn_in → conv(kernel, same padding) → bn_out → k_h×k_w rearrangement``."""
 
     def __init__(
@@ -56,10 +55,6 @@ class SubpixelStitch(nn.Module):
         self.conv = nn.Conv2d(c_in, wide, kernel, padding=kernel // 2, bias=not batchnorm)
         self.bn_out = nn.BatchNorm2d(wide) if batchnorm else nn.Identity()
 
-    @property
-    def batchnorm(self) -> bool:
-        return isinstance(self.bn_in, nn.BatchNorm2d)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.bn_out(self.conv(self.bn_in(to_nchw(x, self.sender_spec.layout))))
         return from_nchw(self._shuffle(y), self.receiver_spec.layout)
@@ -71,7 +66,7 @@ class SubpixelStitch(nn.Module):
         y = y.view(n, self.c_out, kh, kw, h, w).permute(0, 1, 4, 2, 5, 3)
         return y.reshape(n, self.c_out, h * kh, w * kw)
 
-    def _blocks(self, y: torch.Tensor) -> torch.Tensor:
+    def _targets(self, y: torch.Tensor) -> torch.Tensor:
         """The inverse of :meth:`_shuffle`, as least-squares targets: one row per sender
         position, the receiver's k_h×k_w block in the conv's (c, a, b) channel order."""
         n, c, hh, ww = y.shape
@@ -85,26 +80,6 @@ class SubpixelStitch(nn.Module):
         the conv pads), flattened in the conv weight's (C, kh, kw) order."""
         cols = F.unfold(x_hat, kernel_size=self.kernel, padding=self.kernel // 2)
         return cols.transpose(1, 2).reshape(-1, cols.shape[1])
-
-    @torch.no_grad()
-    def fit(self, sender_acts: torch.Tensor, receiver_acts: torch.Tensor) -> None:
-        check_batch(sender_acts, self.sender_spec, "sender")
-        check_batch(receiver_acts, self.receiver_spec, "receiver")
-        xs = to_nchw(sender_acts, self.sender_spec.layout).float()
-        ys = to_nchw(receiver_acts, self.receiver_spec.layout).float()
-        if self.batchnorm:
-            set_input_norm(self.bn_in, *channel_moments(xs))
-        ls = LeastSquares()
-        for start in range(0, xs.shape[0], FIT_CHUNK):
-            x_hat = normalise(xs[start : start + FIT_CHUNK], self.bn_in)
-            ls.add(self._rows(x_hat), self._blocks(ys[start : start + FIT_CHUNK]))
-        fit = ls.solve(ridge=self.ridge)
-        w = self.conv.weight
-        w.copy_(fit.weight.view(w.shape).to(w.dtype))
-        if self.batchnorm:
-            set_output_norm(self.bn_out, fit)
-        else:
-            self.conv.bias.copy_(fit.bias.to(w.dtype))
 
 
 class SubpixelConvFamily(_ConvFamily):

@@ -107,7 +107,8 @@ def _summary(final: dict) -> None:
 @click.option(
     "--shard", default=None, help="Compute only share K of N (e.g. 2/8), then `stitch merge`."
 )
-@click.option("--report", is_flag=True, help="Also write report.html (see `stitch report`).")
+@click.option("--report/--no-report", default=True, show_default=True,
+              help="Also write report.html (see `stitch report`).")
 @click.option("--json", "as_json", is_flag=True, help="Print matrix.json to stdout at the end.")
 def matrix_command(**opts) -> None:  # fmt: skip
     """Stitch every sender cut into every receiver cut and report the matrix.
