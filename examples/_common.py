@@ -2,8 +2,9 @@
 
 A study's ``run.py`` defines ``run(out, zoo, mini, log) -> dict``, ``plot(result, out)`` (the
 figures it wrote) and ``table(result)`` (a string or a rich renderable) and hands them to
-:func:`study_main`, which parses ``--mini / --out / --zoo / --threads`` (a bad argument is one
-line and exit code 2), turns a StitchError into one line and exit code 2, and writes
+:func:`study_main`, which parses ``--mini / --out / --zoo / --threads`` and the study's own
+``options`` (passed to ``run`` as keyword arguments; a bad argument is one line and exit code 2),
+turns a StitchError into one line and exit code 2, and writes
 ``results.json`` with the study, mode, command, commit, wall and CPU time, thread count, load
 and date beside the numbers. Miniature runs go to their own default directory, so they never
 overwrite a full run's results.
@@ -37,13 +38,20 @@ def study_main(
     plot: Callable[[dict, Path], list[Path]],
     table: Callable[[dict], object],
     argv: list[str] | None,
+    options: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> dict:
     ap = _Parser(prog=f"examples/{name}/run.py", description=description)
-    ap.add_argument("--mini", action="store_true", help="miniature mode (tiny subsets, 1 epoch)")
+    ap.add_argument(
+        "--mini", action="store_true", help="miniature mode (tiny subsets, 1 fixed epoch)"
+    )
     ap.add_argument("--out", help=f"output directory (default {OUT_ROOT}/{name}[-mini])")
     ap.add_argument("--zoo", help="zoo for the base models (default: OUT/zoo)")
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    common = {action.dest for action in ap._actions}
+    if options is not None:
+        options(ap)
     args = ap.parse_args(argv)
+    extra = {k: v for k, v in vars(args).items() if k not in common}
     if args.threads is not None and args.threads < 1:
         ap.error(f"--threads must be at least 1, got {args.threads}")
     import torch
@@ -64,7 +72,7 @@ def study_main(
     )
     try:
         out.mkdir(parents=True, exist_ok=True)
-        numbers = run(out, zoo, args.mini, lambda m: print(m, file=sys.stderr))
+        numbers = run(out, zoo, args.mini, lambda m: print(m, file=sys.stderr), **extra)
     except (StitchError, OSError) as exc:
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -50,7 +50,7 @@ class Scale:
     data: str
     width: float
     input_size: int
-    stitch_epochs: int
+    stitch_epochs: int | None  # None: until converged (the engine's default)
     stitch_batch_size: int
     stitch_lr: float
     stitch_train_size: int
@@ -108,7 +108,7 @@ def run_plan(plan: Plan, out: Path, zoo: Path) -> dict:
     t1 = time.perf_counter()
     stitch = stitchcore.StitchConfig(
         epochs=s.stitch_epochs, batch_size=s.stitch_batch_size, lr=s.stitch_lr
-    )
+    )  # epochs None: each stitch until its validation accuracy/loss plateaus
     receiver = models[plan.receiver.key]
     senders = []
     for m in plan.senders:
@@ -141,7 +141,8 @@ def run_plan(plan: Plan, out: Path, zoo: Path) -> dict:
 def _rows(matrix: dict) -> list[dict]:
     """One row per stage boundary (the diagonal cells of the main variant), in cut order."""
     cells = sorted((c for c in matrix["cells"] if c["variant"] == "main"), key=lambda c: c["i"])
-    keys = ("family", "init_accuracy", "stitched_accuracy", "receiver_accuracy", "penalty", "cka")
+    keys = ("family", "init_accuracy", "stitched_accuracy", "receiver_accuracy", "penalty", "cka",
+            "epochs", "stop")  # fmt: skip
     return [{"layer": c["sender_cut"], "status": c["status"], **{k: c.get(k) for k in keys}}
             for c in cells]  # fmt: skip
 
@@ -184,12 +185,17 @@ def plot(result: dict, path: Path) -> Path:
     s = result["setup"]
     fig.suptitle(
         f"{result['study']} ({result['mode']}): ResNet-18 ×{s['width']:g} width, {s['input_size']} px, "
-        f"{s['data']}; stitch trained {s['stitch_epochs']} epoch(s) on {s['stitch_train_size']} images",
+        f"{s['data']}; stitch trained {_budget(s['stitch_epochs'])} on {s['stitch_train_size']} "
+        "images",
         fontsize=10,
     )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path
+
+
+def _budget(epochs: int | None) -> str:
+    return "until converged" if epochs is None else f"{epochs} epoch(s), not converged"
 
 
 def table(result: dict):

@@ -154,10 +154,22 @@ class RunData:
 
     @classmethod
     def for_models(
-        cls, splits: DataSplits, sides: list[Side], runtime: Runtime, workers: int | None = None
+        cls,
+        splits: DataSplits,
+        sides: list[Side],
+        runtime: Runtime,
+        workers: int | None = None,
+        *,
+        ready: bool = False,
     ) -> RunData:
-        """Lazy sources are read at the largest input size among ``sides``."""
+        """Lazy sources are read at the largest input size among ``sides``; model-ready data
+        (``ready``: a user's own Dataset or tensors) is batched as it is."""
         read = ReadOptions()
+        if ready:
+            lazy = input_kind(splits.train_x) == "lazy"
+            workers = (default_workers() if workers is None else workers) if lazy else 0
+            return cls(splits, True, ReadOptions(workers=workers, ready=True,
+                                                 pin_memory=runtime.pin_memory))  # fmt: skip
         if input_kind(splits.train_x) == "lazy":
             shapes = [
                 s.input.shape for s in sides if s.input is not None and s.input.kind == "image"
@@ -206,6 +218,7 @@ class Engine:
         self.num_classes = data.splits.num_classes
         self.train_idx, self.val_idx = data.fit_val(cfg)
         self._own: dict[tuple[int, str], torch.Tensor | None] = {}
+        self._unreadable: dict[tuple[int, str], str] = {}
         self._extractors: dict[tuple[int, tuple], nn.Module] = {}
 
     # ----------------------------------------------------------- raw data through a side
@@ -239,7 +252,12 @@ class Engine:
         for raw in self.raw(split, torch.arange(n), EVAL_BATCH):
             x = side.view(raw.inputs, self.data.ready, self.runtime)
             with self.runtime.autocast():
-                logits = side.logits(side.cutter.reference(x))
+                out = side.cutter.reference(x)
+            try:
+                logits = side.logits(out)
+            except StitchError as exc:  # its logits cannot be read (e.g. a dict output)
+                self._own[key], self._unreadable[key] = None, str(exc)
+                return None
             if not head_fits(logits, self.num_classes):
                 self._own[key] = None
                 return None
@@ -302,7 +320,7 @@ class Engine:
         ][: min(cfg.init_samples, len(self.train_idx))]
         r_sample = None
         if cfg.objective == "task" and receiver_accuracy is None and self._head_missing(r_side):
-            reason = (
+            reason = self._unreadable.get((id(r_side), "test")) or (
                 f"{r_side.label}'s output is not class scores over the data's "
                 f"{self.num_classes} classes: the task objective cannot train through it "
                 "(use objective match, or give it a head: stitch train --head probe)"

@@ -5,7 +5,9 @@ A file is written to a unique temporary name in its own directory (so two writer
 file never share a temporary, and the rename stays on one file system) and renamed over the
 target only when the write finished: a reader sees the old file or the new one, never half of
 one, and a process killed mid-write leaves only a ``.NAME.*.tmp`` behind (removed on the next
-write of that directory's files by :func:`sweep_temporaries`).
+write of that directory's files by :func:`sweep_temporaries`). A file that cannot be written
+there (no such directory, no permission, a full disk) is an :class:`UnwritableError`: one line
+in the CLI, and still an ``OSError`` for Python callers.
 """
 
 from __future__ import annotations
@@ -17,7 +19,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DamagedFileError", "atomic_write", "read_json", "sweep_temporaries", "write_json"]
+from .errors import StitchError
+
+__all__ = [
+    "DamagedFileError",
+    "UnwritableError",
+    "atomic_write",
+    "read_json",
+    "sweep_temporaries",
+    "write_json",
+]
 
 
 class DamagedFileError(ValueError):
@@ -28,23 +39,40 @@ class DamagedFileError(ValueError):
         super().__init__(f"{path} is damaged ({why})")
 
 
+class UnwritableError(StitchError, OSError):
+    """A file that cannot be written where it was asked for; ``str()`` is one line naming it."""
+
+    def __init__(self, path: str | os.PathLike, exc: OSError) -> None:
+        self.path = Path(path)
+        super().__init__(exc.errno, f"cannot write {path}: {exc.strerror or exc}")
+
+    def __str__(self) -> str:
+        return self.args[1]
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` for a fresh temporary path beside ``path``, then rename it to
     ``path``. On any error the temporary is removed and the error propagates (the target keeps
-    its old content)."""
+    its old content); an ``OSError`` as an :class:`UnwritableError` naming ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(name)
         write(tmp)
         with open(tmp, "rb+") as f:  # on disk before the rename makes it visible
             os.fsync(f.fileno())
         os.chmod(tmp, _mode(path))  # mkstemp makes 0600; keep what a plain open would give
         os.replace(tmp, path)
+    except UnwritableError:
+        raise
+    except OSError as exc:
+        raise UnwritableError(path, exc) from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
     return path
 
 

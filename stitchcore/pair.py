@@ -131,11 +131,7 @@ def stitch_sides(
         if refusal:
             raise StitchError(f"family {fam.name!r} cannot stitch this pair: {refusal}")
     splits, ready = as_splits(data)
-    run_data = RunData.for_models(splits, [s_side, r_side], runtime)
-    if ready:
-        from dataclasses import replace
-
-        run_data = RunData(splits, True, replace(run_data.read, ready=True))
+    run_data = RunData.for_models(splits, [s_side, r_side], runtime, ready=ready)
     cache = ActivationCache(runtime, memory_budget=int(cache_gb * 2**30))
     n = len(splits.train_y) + len(splits.test_y)
     cache.plan(math.prod(s_cut.spec.shape) * 4, n, lambda _m: None)

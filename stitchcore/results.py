@@ -121,6 +121,18 @@ class ResultsDir:
         write_json(self.path / "config.json", {"digest": digest, "config": config})
         for d in [self.path, *self.path.glob("cells/*")]:
             sweep_temporaries(d)
+        self.drop_damaged(digest)
+
+    def drop_damaged(self, digest: str) -> None:
+        """Report and remove every damaged cell or baseline file, all of them now (a group's
+        check stops at its first missing cell), so that each is named and recomputed."""
+        for path in sorted(self.path.glob("cells/*/*.json")):
+            name = path.stem
+            if name == "baseline":
+                self.read_baseline(path.parent.name)
+            elif name.count("_") == 1 and name.replace("_", "").isdigit():
+                i, j = map(int, name.split("_"))
+                self.read_cell(path.parent.name, i, j, digest)
 
     # ------------------------------------------------------------------ cells
     def cell_path(self, variant: str, i: int, j: int) -> Path:
@@ -148,6 +160,27 @@ class ResultsDir:
 
     def write_cell(self, cell: dict) -> None:
         write_json(self.cell_path(cell["variant"], cell["i"], cell["j"]), cell)
+
+    def baseline_path(self, variant: str) -> Path:
+        return self.path / "cells" / variant / "baseline.json"
+
+    def read_baseline(self, variant: str) -> dict | None:
+        """The models' own accuracies for a variant, or None when missing or damaged (reported,
+        then removed so that the next run recomputes it)."""
+        path = self.baseline_path(variant)
+        try:
+            data = read_json(path)
+        except DamagedFileError as exc:
+            self.log(f"warning: {exc}; a run of the matrix recomputes it")
+            path.unlink(missing_ok=True)
+            return None
+        if data is not None and not isinstance(data, dict):
+            self.log(
+                f"warning: {path} is damaged (not a JSON object); a run of the matrix recomputes it"
+            )
+            path.unlink(missing_ok=True)
+            return None
+        return data
 
     def claim(self, variant: str, j: int) -> GroupClaim:
         return GroupClaim(self.path / "claims" / f"{variant}_{j}.lock")
@@ -197,15 +230,7 @@ def assemble(out: str | Path, timings: dict | None = None, *, strict: bool = Fal
         raise StitchError(f"{rd.path} holds no matrix (config.json/meta.json missing)")
     variants = ["main", *cfg["config"]["controls"]]
     cells = [c for c in rd.cells(cfg["digest"], strict=strict) if c.get("variant") in variants]
-    baselines = {}
-    for v in variants:
-        try:
-            b = rd.read_json(f"cells/{v}/baseline.json")
-        except StitchError as exc:
-            log(f"warning: {exc}")
-            b = None
-        if b:
-            baselines[v] = b
+    baselines = {v: b for v in variants if (b := rd.read_baseline(v))}
     n_s, n_r = len(meta["cuts"]["sender"]), len(meta["cuts"]["receiver"])
     cka_grid = [[None] * n_r for _ in range(n_s)]
     for c in cells:

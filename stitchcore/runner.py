@@ -179,9 +179,7 @@ def run_matrix(
         on_start(todo, resumed)
 
     # ---- compute
-    run_data = RunData.for_models(splits, list(sides.values()), runtime, workers)
-    if ready:
-        run_data = RunData(splits, True, replace(run_data.read, ready=True))
+    run_data = RunData.for_models(splits, list(sides.values()), runtime, workers, ready=ready)
     cache = ActivationCache(
         runtime,
         memory_budget=int(cache_gb * 2**30),

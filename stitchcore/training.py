@@ -17,6 +17,11 @@ Defaults, chosen to reach high accuracy in a few CPU epochs on small data:
 Heads: ``finetune`` trains everything; ``probe`` freezes the trunk and fits a linear classifier
 on its features by full-batch L-BFGS (Bansal et al.'s linear-probe protocol for self-supervised
 models), computed once from cached features.
+
+Inputs: image tensors are adapted to the model's InputSpec batch by batch; text (``list[str]``)
+goes through the model's ``preprocess`` (its tokenizer). Everything runs on ``runtime``'s device
+under its autocast (bf16/fp16), fp16 steps through a gradient scaler; the probe's L-BFGS runs in
+fp32 on the CPU. On the CPU in fp32 this is exactly the computation without a runtime.
 """
 
 from __future__ import annotations
@@ -31,8 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .datasets import DataSplits, adapt, batches
+from .datasets import DataSplits, adapt, input_kind, subset
 from .errors import StitchError
+from .runtime import Runtime
 from .spec import InputSpec
 
 HEADS = ("finetune", "probe")
@@ -42,18 +48,59 @@ BN_RECALIBRATION_SAMPLES = 2048
 Log = Callable[[str], None]
 
 
+@dataclass(frozen=True)
+class ModelInput:
+    """How raw dataset inputs reach a model, on ``runtime``'s device: images adapted to
+    ``spec`` (on the CPU, then moved), text (``list[str]``) through ``preprocess``. Functions
+    below take it, or a bare InputSpec (images, on the CPU)."""
+
+    spec: InputSpec
+    preprocess: Callable[[list[str]], torch.Tensor] | None = None
+    runtime: Runtime = field(default_factory=Runtime)
+
+    def __call__(self, raw) -> torch.Tensor:
+        if input_kind(raw) == "text":
+            if self.preprocess is None:
+                raise StitchError("the data holds text and the model has no tokenizer (preprocess)")
+            return self.runtime.to(self.preprocess(list(raw)))
+        return self.runtime.to(adapt(raw, self.spec))
+
+
+def model_input(spec: InputSpec | ModelInput) -> ModelInput:
+    return spec if isinstance(spec, ModelInput) else ModelInput(spec)
+
+
+def _batches(x, y: torch.Tensor, batch_size: int, *, shuffle: bool = False, seed: int = 0):
+    """Deterministic mini-batches of (inputs, labels), images or text."""
+    n = len(y)
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        yield subset(x, idx), y[idx]
+
+
 # ----------------------------------------------------------------------------- heads
 class LinearHead(nn.Module):
     """A trunk whose output is pooled to a vector and fed to a linear classifier.
 
     Used when the model has no classifier of its own to replace (SSL trunks, generic modules).
-    The pooling is fixed at construction so the module stays traceable by torch.fx.
+    Pooling: feature maps are averaged over space (``avg2d``); a token sequence is averaged over
+    its tokens — over the *non-padding* ones (``tokens-masked``) when the input is token ids with
+    a known pad id, so that a text's share of padding (which varies with its length) does not
+    dilute it; this is the mean pooling sentence encoders such as all-MiniLM-L6-v2 are trained
+    with. (Models of the hf: source get their own head, pooled the same way for encoders and at
+    the last real token for causal decoders: plugins/stitchcore_hf/text.py.) The pooling is fixed
+    at construction so the module stays traceable by torch.fx.
     """
 
-    def __init__(self, trunk: nn.Module, in_features: int, num_classes: int, pool: str) -> None:
+    def __init__(
+        self, trunk: nn.Module, in_features: int, num_classes: int, pool: str, pad_id: int = 0
+    ) -> None:
         super().__init__()
         self.trunk = trunk
         self.pool = pool
+        self.pad_id = pad_id
         self.head = nn.Linear(in_features, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -62,19 +109,24 @@ class LinearHead(nn.Module):
             return out.mean(dim=(2, 3))
         if self.pool == "tokens":
             return out.mean(dim=1)
+        if self.pool == "tokens-masked":
+            keep = (x != self.pad_id).unsqueeze(-1).to(out.dtype)
+            return (out * keep).sum(1) / keep.sum(1).clamp_min(1)
         return out.flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
 
-def _pool_for(out: object) -> str:
+def _pool_for(out: object, example: torch.Tensor, pad_id: int | None) -> str:
     if not isinstance(out, torch.Tensor):
         raise StitchError(
             f"cannot put a linear head on a model that returns {type(out).__name__}; "
             "it must return a tensor (features or logits)"
         )
-    return {4: "avg2d", 3: "tokens"}.get(out.dim(), "flatten")
+    pool = {4: "avg2d", 3: "tokens"}.get(out.dim(), "flatten")
+    ids = not example.is_floating_point() and tuple(example.shape) == tuple(out.shape[:2])
+    return "tokens-masked" if pool == "tokens" and ids and pad_id is not None else pool
 
 
 @dataclass
@@ -91,7 +143,12 @@ class HeadInfo:
 
 
 def attach_head(
-    module: nn.Module, num_classes: int, head: str, example: torch.Tensor, current: int | None
+    module: nn.Module,
+    num_classes: int,
+    head: str,
+    example: torch.Tensor,
+    current: int | None,
+    pad_id: int | None = None,
 ) -> tuple[nn.Module, HeadInfo]:
     """Give ``module`` a classifier for ``num_classes`` classes.
 
@@ -99,7 +156,8 @@ def attach_head(
     convention ``reset_classifier(n)`` where the model has it, else the last ``nn.Linear`` with
     ``current`` outputs (torchvision's ``fc``/``classifier.6``) if the model's output then has
     ``num_classes`` columns; failing both, it wraps the model in a LinearHead. Deterministic given
-    the torch seed, so a saved model can be rebuilt and its state dict loaded.
+    the torch seed, so a saved model can be rebuilt and its state dict loaded. ``pad_id``: the
+    pad id of a token-id ``example`` (a LinearHead then averages over real tokens only).
     """
     if head not in HEADS:
         raise StitchError(f"unknown head {head!r}; expected one of {', '.join(HEADS)}")
@@ -127,12 +185,12 @@ def attach_head(
             return module, info
     with torch.no_grad():
         out = module.eval()(example)
-    pool = _pool_for(out)
+    pool = _pool_for(out, example, pad_id)
     in_features = (
-        out.flatten(1).shape[1] if pool == "flatten" else out.shape[-1 if pool == "tokens" else 1]
+        out.flatten(1).shape[1] if pool == "flatten" else out.shape[1 if pool == "avg2d" else -1]
     )
     info.added, info.in_features, info.classifier = True, int(in_features), "head"
-    return LinearHead(module, int(in_features), num_classes, pool), info
+    return LinearHead(module, int(in_features), num_classes, pool, pad_id or 0), info
 
 
 def _replace_last_linear(
@@ -203,16 +261,9 @@ def adapt_input_channels(module: nn.Module, in_chans: int, example: torch.Tensor
         return
     if conv.groups != 1:
         raise StitchError(f"--in-chans: first convolution {path!r} is grouped; cannot adapt it")
-    new = nn.Conv2d(
-        in_chans,
-        conv.out_channels,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
-        bias=conv.bias is not None,
-        padding_mode=conv.padding_mode,
-    )
+    new = nn.Conv2d(in_chans, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    conv.dilation, bias=conv.bias is not None,
+                    padding_mode=conv.padding_mode)  # fmt: skip
     with torch.no_grad():
         w = conv.weight
         if in_chans == 1:
@@ -283,45 +334,36 @@ def stderr_log(msg: str) -> None:
 
 def _progress(enabled: bool | None):
     """A rich progress bar on stderr; shown only on a terminal unless ``enabled`` says."""
+    from rich import progress as rp
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
 
     console = Console(stderr=True)
     show = console.is_terminal if enabled is None else enabled
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[status]}"),
-        console=console,
-        disable=not show,
-        transient=True,
-    )
+    return rp.Progress(
+        rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),
+        rp.TimeRemainingColumn(), rp.TextColumn("{task.fields[status]}"),
+        console=console, disable=not show, transient=True,
+    )  # fmt: skip
 
 
 @torch.no_grad()
 def predict(
-    module: nn.Module, x: torch.Tensor, spec: InputSpec, batch_size: int = 256
+    module: nn.Module, x, spec: InputSpec | ModelInput, batch_size: int = 256
 ) -> torch.Tensor:
-    """Class predictions for raw dataset images, in eval mode."""
+    """Class predictions for raw dataset inputs (images or text), in eval mode."""
+    inp = model_input(spec)
     module.eval()
-    out = [
-        module(adapt(x[i : i + batch_size], spec)).argmax(1) for i in range(0, len(x), batch_size)
-    ]
+    out = []
+    for i in range(0, len(x), batch_size):
+        with inp.runtime.autocast():
+            out.append(module(inp(x[i : i + batch_size])).argmax(1).cpu())
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
 
 def evaluate(
-    module: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: InputSpec, batch_size: int = 256
+    module: nn.Module, x, y: torch.Tensor, spec: InputSpec | ModelInput, batch_size: int = 256
 ) -> float:
-    """Top-1 accuracy on raw dataset images (adapted to ``spec`` batch by batch)."""
+    """Top-1 accuracy on raw dataset inputs (adapted to ``spec`` or tokenized, batch by batch)."""
     if len(y) == 0:
         return float("nan")
     return float((predict(module, x, spec, batch_size) == y).float().mean())
@@ -330,12 +372,12 @@ def evaluate(
 @torch.no_grad()
 def recalibrate_batchnorm(
     module: nn.Module,
-    x: torch.Tensor,
-    spec: InputSpec,
+    x,
+    spec: InputSpec | ModelInput,
     batch_size: int,
     limit: int = BN_RECALIBRATION_SAMPLES,
 ) -> bool:
-    """Recompute BatchNorm running statistics as an exact average over up to ``limit`` images."""
+    """Recompute BatchNorm running statistics as an exact average over up to ``limit`` samples."""
     norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return False
@@ -343,11 +385,13 @@ def recalibrate_batchnorm(
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative average
+    inp = model_input(spec)
     module.train()
     for i in range(0, min(len(x), limit), batch_size):
         chunk = x[i : min(i + batch_size, limit)]
         if len(chunk) > 1:
-            module(adapt(chunk, spec))
+            with inp.runtime.autocast():
+                module(inp(chunk))
     for m, momentum in saved:
         m.momentum = momentum
     module.eval()
@@ -357,7 +401,7 @@ def recalibrate_batchnorm(
 def train_classifier(
     module: nn.Module,
     data: DataSplits,
-    spec: InputSpec,
+    spec: InputSpec | ModelInput,
     config: TrainConfig,
     *,
     pretrained: bool = False,
@@ -366,8 +410,11 @@ def train_classifier(
     """Train every parameter of ``module`` on ``data`` (cross-entropy), then test it.
 
     Returns per-epoch train loss/accuracy, test accuracy and seconds (training only; testing is
-    timed apart). ``pretrained`` lowers the default learning rate for fine-tuning.
+    timed apart). ``pretrained`` lowers the default learning rate for fine-tuning. The module
+    is trained on the ModelInput's device and handed back on the CPU.
     """
+    spec = model_input(spec)
+    runtime = spec.runtime
     log = log or (lambda _msg: None)
     if config.optimizer not in OPTIMIZERS:
         raise StitchError(f"unknown optimizer {config.optimizer!r}; expected adam or sgd")
@@ -376,6 +423,7 @@ def train_classifier(
     n = len(data.train_y)
     bs = config.resolved_batch_size(n)
     lr = config.lr or ((3e-4 if pretrained else 1e-3) if config.optimizer == "adam" else 0.05)
+    module.to(runtime.device)
     params = [p for p in module.parameters() if p.requires_grad]
     if config.optimizer == "adam":
         opt = torch.optim.Adam(params, lr=lr)
@@ -384,6 +432,7 @@ def train_classifier(
     steps_per_epoch = math.ceil(n / bs)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps_per_epoch * config.epochs)
     torch.manual_seed(config.seed)
+    scaler = runtime.scaler()
     history = []
     progress = _progress(config.progress)
     with progress:
@@ -394,20 +443,23 @@ def train_classifier(
             module.train()
             start = time.perf_counter()
             loss_sum, correct, seen = 0.0, 0, 0
-            for xb, yb in batches(
+            for xb, yb in _batches(
                 data.train_x, data.train_y, bs, shuffle=True, seed=config.seed * 1000 + epoch
             ):
                 if len(yb) < 2:  # BatchNorm cannot train on a single sample
                     continue
-                logits = module(adapt(xb, spec))
-                loss = F.cross_entropy(logits, yb)
+                inputs, yb = spec(xb), runtime.to(yb)
+                with runtime.autocast():
+                    logits = module(inputs)
+                loss = F.cross_entropy(logits.float(), yb)
                 if not torch.isfinite(loss):
                     raise StitchError(
                         f"training diverged at epoch {epoch} (loss {loss.item()}); try a lower --lr"
                     )
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
                 sched.step()
                 loss_sum += loss.item() * len(yb)
                 correct += int((logits.argmax(1) == yb).sum())
@@ -415,12 +467,9 @@ def train_classifier(
                 progress.update(task, advance=1, status=f"loss {loss_sum / seen:.3f}")
             seconds = time.perf_counter() - start
             progress.remove_task(task)
-            row = {
-                "epoch": epoch,
-                "loss": round(loss_sum / max(seen, 1), 5),
-                "train_accuracy": round(correct / max(seen, 1), 5),
-                "seconds": round(seconds, 2),
-            }
+            row = {"epoch": epoch, "loss": round(loss_sum / max(seen, 1), 5),
+                   "train_accuracy": round(correct / max(seen, 1), 5),
+                   "seconds": round(seconds, 2)}  # fmt: skip
             if epoch < config.epochs:
                 row["test_accuracy"] = round(
                     evaluate(module, data.test_x, data.test_y, spec, config.eval_batch_size), 5
@@ -434,9 +483,10 @@ def train_classifier(
     if config.recalibrate_bn:
         g = torch.Generator().manual_seed(config.seed)
         order = torch.randperm(n, generator=g)[:BN_RECALIBRATION_SAMPLES]
-        recalibrate_batchnorm(module, data.train_x[order], spec, bs)
+        recalibrate_batchnorm(module, subset(data.train_x, order), spec, bs)
     module.eval()
     acc = evaluate(module, data.test_x, data.test_y, spec, config.eval_batch_size)
+    module.to("cpu")
     last = history[-1]
     last["test_accuracy"] = round(acc, 5)
     log(
@@ -444,31 +494,25 @@ def train_classifier(
         f"test acc {acc:.4f}, {last['seconds']:.1f} s"
     )
     total = sum(r["seconds"] for r in history)
-    return TrainResult(
-        test_accuracy=acc,
-        history=history,
-        seconds=round(total, 2),
-        seconds_per_epoch=round(total / len(history), 2),
-        batch_size=bs,
-        lr=lr,
-        optimizer=config.optimizer,
-    )
+    return TrainResult(test_accuracy=acc, history=history, seconds=round(total, 2),
+                       seconds_per_epoch=round(total / len(history), 2), batch_size=bs, lr=lr,
+                       optimizer=config.optimizer)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- linear probe
 @torch.no_grad()
-def _features(
-    module: nn.Module, layer: nn.Linear, x: torch.Tensor, spec: InputSpec, bs: int
-) -> torch.Tensor:
-    """Inputs of ``layer`` for every image, captured while running the frozen model."""
+def _features(module: nn.Module, layer: nn.Linear, x, inp: ModelInput, bs: int) -> torch.Tensor:
+    """Inputs of ``layer`` for every sample (fp32, on the CPU), captured while running the
+    frozen model."""
     captured: list[torch.Tensor] = []
     handle = layer.register_forward_pre_hook(
-        lambda _m, args: captured.append(args[0].detach().flatten(1))
+        lambda _m, args: captured.append(args[0].detach().flatten(1).float().cpu())
     )
     try:
         module.eval()
         for i in range(0, len(x), bs):
-            module(adapt(x[i : i + bs], spec))
+            with inp.runtime.autocast():
+                module(inp(x[i : i + bs]))
     finally:
         handle.remove()
     return torch.cat(captured)
@@ -478,7 +522,7 @@ def fit_linear_probe(
     module: nn.Module,
     head: HeadInfo,
     data: DataSplits,
-    spec: InputSpec,
+    spec: InputSpec | ModelInput,
     *,
     l2: float = 1e-3,
     max_iter: int = 300,
@@ -489,12 +533,15 @@ def fit_linear_probe(
 
     Multinomial logistic regression by full-batch L-BFGS on standardised features with an L2
     penalty, folded back into the linear layer; deterministic and free of learning-rate choices.
+    Features are computed on ``runtime``'s device; the fit runs in fp32 on the CPU.
     """
     log = log or (lambda _msg: None)
     layer = classifier_of(module, head)
     for p in module.parameters():
         p.requires_grad_(False)
     start = time.perf_counter()
+    spec = model_input(spec)
+    module.to(spec.runtime.device)
     feats = _features(module, layer, data.train_x, spec, batch_size)
     extract_s = time.perf_counter() - start
     mean, std = feats.mean(0), feats.std(0).clamp_min(1e-6)
@@ -515,38 +562,25 @@ def fit_linear_probe(
     opt.step(closure)
     with torch.no_grad():
         scaled = w / std
+        bias = b - scaled @ mean
         layer.weight.copy_(scaled)
-        layer.bias.copy_(b - scaled @ mean)
-        logits = feats @ layer.weight.T + layer.bias
+        layer.bias.copy_(bias)
+        logits = feats @ scaled.T + bias
         loss = float(F.cross_entropy(logits, y))
         train_acc = float((logits.argmax(1) == y).float().mean())
     seconds = time.perf_counter() - start
     acc = evaluate(module, data.test_x, data.test_y, spec, batch_size)
+    module.to("cpu")
     log(
         f"linear probe on {feats.shape[1]} features: train acc {train_acc:.4f}, test acc {acc:.4f}, {seconds:.1f} s"
     )
-    row = {
-        "epoch": 1,
-        "loss": round(loss, 5),
-        "train_accuracy": round(train_acc, 5),
-        "test_accuracy": round(acc, 5),
-        "seconds": round(seconds, 2),
-    }
-    return TrainResult(
-        test_accuracy=acc,
-        history=[row],
-        seconds=round(seconds, 2),
-        seconds_per_epoch=None,
-        batch_size=None,
-        lr=None,
-        optimizer="lbfgs",
-        probe={
-            "features": int(feats.shape[1]),
-            "l2": l2,
-            "max_iter": max_iter,
-            "feature_seconds": round(extract_s, 2),
-        },
-    )
+    row = {"epoch": 1, "loss": round(loss, 5), "train_accuracy": round(train_acc, 5),
+           "test_accuracy": round(acc, 5), "seconds": round(seconds, 2)}  # fmt: skip
+    probe = {"features": int(feats.shape[1]), "l2": l2, "max_iter": max_iter,
+             "feature_seconds": round(extract_s, 2)}  # fmt: skip
+    return TrainResult(test_accuracy=acc, history=[row], seconds=round(seconds, 2),
+                       seconds_per_epoch=None, batch_size=None, lr=None, optimizer="lbfgs",
+                       probe=probe)  # fmt: skip
 
 
 __all__ = [
@@ -559,8 +593,10 @@ __all__ = [
     "attach_head",
     "classifier_of",
     "dataset_normalisation",
+    "ModelInput",
     "evaluate",
     "fit_linear_probe",
+    "model_input",
     "predict",
     "recalibrate_batchnorm",
     "train_classifier",

@@ -259,6 +259,8 @@ def train_entry(
                 "(train a text model with one, e.g. hf:all-MiniLM-L6-v2)"
             )
         spec = base.input
+    elif base.input.kind != "image":
+        raise StitchError(f"{r.model} takes {base.input.kind}; {r.data} holds images")
     else:
         spec = _input_spec(base, data, r.in_chans, size, pretrained)
     module, head = _shape_module(base, r, spec, data.num_classes)

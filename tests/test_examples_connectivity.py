@@ -16,5 +16,8 @@ def test_connectivity_mini_mode_writes_results_and_figure(tmp_path):
         # penalty = receiver's own accuracy − stitched accuracy, for both variants
         own = saved["baselines"]["main"]["receiver_accuracy"]
         assert abs(row["real_penalty"] - (own - row["real_accuracy"])) < 1e-9
+        # mini mode: one fixed epoch per stitch, labelled so (the full mode converges)
+        assert (row["real_epochs"], row["real_stop"]) == (1, "fixed")
+        assert (row["random_sender_epochs"], row["random_sender_stop"]) == (1, "fixed")
     assert saved["params"]["train_size"] == 200 and saved["commit"]
     assert (tmp_path / "connectivity.png").read_bytes()[:4] == b"\x89PNG"

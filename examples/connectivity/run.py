@@ -9,8 +9,9 @@ sender is far worse at later layers.
 CIFAR-10 cannot be had offline here: Fashion-MNIST (Debian package ``dataset-fashion-mnist``)
 stands in for it, on a training subset sized for a 2-core CPU.
 
-    .venv/bin/python examples/connectivity/run.py            # full study (~15 min on 2 cores)
-    .venv/bin/python examples/connectivity/run.py --mini     # miniature mode (CI), ~1 min
+    .venv/bin/python examples/connectivity/run.py --threads 1          # full study
+    .venv/bin/python examples/connectivity/run.py --threads 1 --seed 1 # another stitch seed
+    .venv/bin/python examples/connectivity/run.py --mini               # miniature mode (CI)
 """
 
 from __future__ import annotations
@@ -22,12 +23,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import pct, study_main  # noqa: E402
 
-FULL = {"data": "fashion-mnist", "train_size": 4000, "base_epochs": 3, "stitch_epochs": 2}
-MINI = {"data": "digits", "train_size": 200, "base_epochs": 1, "stitch_epochs": 1}
+#: ``stitch_epochs`` None: every stitch trains until converged (the engine's default: a 10 %
+#: validation slice of the training subset decides, at most ``max_epochs``); mini: one fixed
+#: epoch. ``seed``: the stitches' seed (``--seed``).
+FULL = {"data": "fashion-mnist", "train_size": 4000, "base_epochs": 3, "stitch_epochs": None,
+        "max_epochs": 30}  # fmt: skip
+MINI = {"data": "digits", "train_size": 200, "base_epochs": 1, "stitch_epochs": 1,
+        "max_epochs": 30}  # fmt: skip
 MODEL = "timm:resnet18"
 
 
-def run(out: Path, zoo: Path, mini: bool, log) -> dict:
+def options(ap) -> None:
+    ap.add_argument("--seed", type=int, default=0, help="the stitches' seed (default 0)")
+
+
+def run(out: Path, zoo: Path, mini: bool, log, seed: int = 0) -> dict:
     import stitchcore
     from stitchcore.zoo import ensure_trained
 
@@ -43,11 +53,13 @@ def run(out: Path, zoo: Path, mini: bool, log) -> dict:
     cfg = stitchcore.MatrixConfig(
         sender=names[0], receiver=names[1], diagonal=True, data=p["data"],
         train_size=p["train_size"], controls=["random-sender"], cka=True,
-        stitch=stitchcore.StitchConfig(epochs=p["stitch_epochs"]),
+        stitch=stitchcore.StitchConfig(epochs=p["stitch_epochs"], max_epochs=p["max_epochs"],
+                                       seed=seed),
     )  # fmt: skip
     matrix = stitchcore.run_matrix(cfg, out / "matrix", force=True, log=log)
-    return {"params": p, "model": MODEL, "models": names, "layers": layers(matrix),
-            "baselines": matrix["baselines"], "matrix_timings": matrix["timings"]}  # fmt: skip
+    return {"params": p, "seed": seed, "model": MODEL, "models": names,
+            "layers": layers(matrix), "baselines": matrix["baselines"],
+            "matrix_timings": matrix["timings"]}  # fmt: skip
 
 
 def layers(matrix: dict) -> list[dict]:
@@ -59,6 +71,8 @@ def layers(matrix: dict) -> list[dict]:
         row[f"{key}_accuracy"] = c.get("stitched_accuracy")
         row[f"{key}_penalty"] = c.get("penalty")
         row[f"{key}_family"] = c.get("family")
+        row[f"{key}_epochs"] = c.get("epochs")
+        row[f"{key}_stop"] = c.get("stop")
         if key == "real":
             row["cka"] = c.get("cka")
             row["init_accuracy"] = c.get("init_accuracy")
@@ -108,7 +122,7 @@ def table(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return study_main("connectivity", __doc__.splitlines()[0], run, plot, table, argv)
+    return study_main("connectivity", __doc__.splitlines()[0], run, plot, table, argv, options)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,10 @@ senders. This study repeats all of it with the engine:
 
 Each sender runs once over the data for all five cuts; its activations are handed to
 ``stitchcore.stitch`` through a pass-through "sender" (:class:`GivenActivations`), exactly as the
-clustered noise is, so every stitch costs only its own training.
+clustered noise is, so every stitch costs only its own training. Each sample is a row holding
+the receiver's own input and the sender's activation (:func:`paired`), so the engine's per-cell
+diagnostics (agreement with the receiver, match R², effective ranks, the OOD score) compare the
+stitched activations with what the receiver computes on the same image.
 
     .venv/bin/python examples/shortcuts/run.py --threads 1          # full study
     .venv/bin/python examples/shortcuts/run.py --mini --threads 1   # miniature mode (CI)
@@ -37,7 +40,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -52,18 +55,24 @@ DEFAULT_OUT = Path("/tmp/stitchcore-examples") / STUDY
 #: Full mode: every MNIST-5k image for the base models (4000 train / 1000 test), 3 epochs. The
 #: ResNet-18 is at half width (32-64-128-256 channels): at full width one epoch takes ~90 s on
 #: this shared 2-core CPU, and the five models alone would use the ~15-minute budget. The stitch
-#: starts from a random init as in the paper; at Adam lr 1e-3 and batch 64 (63 steps) even the
-#: Digit self-stitch stayed at 62 % before layer2, so it takes lr 5e-3 and batch 32 (126 steps).
-#: Mini mode (CI): the smallest sensible version, about 40 s.
+#: starts from a random init as in the paper and trains until its validation accuracy/loss
+#: plateaus (the engine's default: a 10 % slice of the stitch's training images held out,
+#: ``stitch_epochs`` None, at most ``stitch_max_epochs``); at Adam lr 1e-3 and batch 64 the
+#: one-epoch stitches of the first run were far from done, so it takes lr 5e-3 and batch 32.
+#: ``stitch_seeds``: every stitch is trained once per seed (its init and data order) and the
+#: rows give the mean (``KEY_sd``: the standard deviation).
+#: Mini mode (CI): the smallest sensible version, one fixed epoch, one seed.
 FULL = {
     "width": 0.5,
     "base_train_size": None,
     "base_epochs": 3,
     "base_batch_size": 32,
     "stitch_train_size": 2000,
-    "stitch_epochs": 2,
+    "stitch_epochs": None,
+    "stitch_max_epochs": 30,
     "stitch_batch_size": 32,
     "stitch_lr": 5e-3,
+    "stitch_seeds": [0, 1, 2],
     "test_size": 1000,
     "noise": 0.1,
 }
@@ -74,8 +83,10 @@ MINI = {
     "base_batch_size": 32,
     "stitch_train_size": 300,
     "stitch_epochs": 1,
+    "stitch_max_epochs": 30,
     "stitch_batch_size": 32,
     "stitch_lr": 5e-3,
+    "stitch_seeds": [0],
     "test_size": 200,
     "noise": 0.1,
 }
@@ -119,21 +130,60 @@ PAPER = {
 }
 
 
-# ----------------------------------------------------------------------------- the sender
+# ----------------------------------------------------------------------------- paired inputs
 class GivenActivations(nn.Module):
-    """A pass-through "sender": the activations it is handed are the sender's output at a cut.
+    """The sender's side of a paired sample: the activations it is handed, after the receiver's
+    input in the same row (see :func:`paired`). Its only cut is ``acts``.
 
     The paper's clustered noise *is* such a sender (synthetic activations, no network); handing
     real senders' precomputed activations in the same way lets one pass of each sender over the
-    data serve all five cuts. Its only cut is ``acts``.
+    data serve all five cuts.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, offset: int, shape: tuple[int, ...]) -> None:
         super().__init__()
+        self.offset, self.shape = offset, tuple(shape)
         self.acts = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.acts(x)
+        return self.acts(x[:, self.offset :].reshape(-1, *self.shape))
+
+
+class OnInput(nn.Module):
+    """The receiver's side of a paired sample: the receiver model on its own input, the first
+    ``prod(shape)`` entries of each row. The receiver's cuts are its model's, under ``model.``."""
+
+    def __init__(self, model: nn.Module, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.model, self.shape = model, tuple(shape)
+        self.size = int(torch.Size(self.shape).numel())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x[:, : self.size].reshape(-1, *self.shape))
+
+
+def paired(inputs: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
+    """One row per sample: the receiver's input, then the sender's activation, both flattened.
+
+    ``stitchcore.stitch`` hands model-ready inputs to both models as they are, so the sender
+    (:class:`GivenActivations`) reads the activation part and the receiver (:class:`OnInput`)
+    its own input. The receiver's own activation at the cut (for the diagnostics: match R²,
+    agreement, the OOD score) is then computed on the receiver's real input.
+    """
+    return torch.cat([inputs.flatten(1), acts.flatten(1)], dim=1)
+
+
+def class_matched(labels: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
+    """For each label, the index of an image of the same class in ``pool`` (labels), cycling
+    through that class's images in order: what the receiver sees beside clustered noise."""
+    out = torch.empty(len(labels), dtype=torch.long)
+    for c in labels.unique().tolist():
+        where = (labels == c).nonzero().flatten()
+        have = (pool == c).nonzero().flatten()
+        if not len(have):
+            raise ValueError(f"no image of class {c} to pair the noise with")
+        out[where] = have[torch.arange(len(where)) % len(have)]
+    return out
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -179,8 +229,9 @@ def evaluate(
     """Accuracy of ``suffix(stitch(acts))`` and the ranks of what its first layer takes in and
     gives out. ``stitch`` None evaluates the receiver on its own activations (the baseline)."""
     from stitchcore.cuts import run_suffix
-    from stitchcore.stitching import logits_of
+    from stitchcore.stitching import logits_selector
 
+    logits_of = logits_selector()
     name, layer = first_layer(suffix)
     outputs: list[torch.Tensor] = []
     handle = layer.register_forward_hook(lambda _m, _i, out: outputs.append(out.detach()))
@@ -199,7 +250,7 @@ def evaluate(
     z_all, out_all = torch.cat(inputs), torch.cat(outputs)
     return {
         "accuracy": correct / len(labels),
-        "first_layer": name,
+        "first_layer": name.removeprefix("model."),
         "rank_input": numerical_rank(z_all),
         "rank_input_cap": rank_cap(z_all),
         "rank_output": numerical_rank(out_all),
@@ -211,10 +262,19 @@ def evaluate(
 class Study:
     """Base models, their activations at the five cuts, and the stitches between them."""
 
-    def __init__(self, out: Path, zoo: Path, mini: bool, log: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        out: Path,
+        zoo: Path,
+        mini: bool,
+        log: Callable[[str], None],
+        seeds: list[int] | None = None,
+    ) -> None:
         from stitchcore.datasets import DataOptions, load_data
 
-        self.p = MINI if mini else FULL
+        self.p = dict(MINI if mini else FULL)
+        if seeds is not None:
+            self.p["stitch_seeds"] = list(seeds)
         self.out, self.zoo, self.mini, self.log = out, zoo, mini, log
         self.data = {}
         for variant in ("correlated", "colour-only"):
@@ -273,8 +333,9 @@ class Study:
     def accuracy(self, variant: str, data) -> float:
         """A base model's own accuracy on a test split (no stitch)."""
         from stitchcore.datasets import adapt
-        from stitchcore.stitching import logits_of
+        from stitchcore.stitching import logits_selector
 
+        logits_of = logits_selector()
         model = self.models[variant]
         correct = 0
         for start in range(0, len(data.test_y), 256):
@@ -299,13 +360,35 @@ class Study:
         self.timings["activations_s"] += time.perf_counter() - start
         return out
 
-    def given_cutter(self, shape: tuple[int, ...]):
-        """A pass-through sender for activations of this per-sample shape (one per shape)."""
+    @torch.no_grad()
+    def inputs(self, variant: str, data) -> dict[str, torch.Tensor]:
+        """A model's own (adapted) inputs for the train and test images of ``data``."""
+        from stitchcore.datasets import adapt
+
+        spec = self.models[variant].input
+        return {"train": adapt(data.train_x, spec), "test": adapt(data.test_x, spec)}
+
+    def sender_cutter(self, offset: int, shape: tuple[int, ...]):
+        """A pass-through sender for activations of this per-sample shape after ``offset``
+        entries of receiver input (one per shape)."""
         from stitchcore.cuts import Cutter
 
-        if shape not in self.given:
-            self.given[shape] = Cutter(GivenActivations(), torch.zeros(2, *shape))
-        return self.given[shape]
+        key = (offset, tuple(shape))
+        if key not in self.given:
+            example = torch.zeros(2, offset + int(torch.Size(shape).numel()))
+            self.given[key] = Cutter(GivenActivations(offset, shape), example)
+        return self.given[key]
+
+    def receiver_cutter(self, variant: str):
+        """The receiver ``variant`` on the receiver part of a paired sample (one per model)."""
+        from stitchcore.cuts import Cutter
+
+        key = ("paired", variant)
+        if key not in self.cutters:
+            shape = self.models[variant].input.shape
+            example = torch.zeros(2, int(torch.Size(shape).numel()) + 1)
+            self.cutters[key] = Cutter(OnInput(self.models[variant].module, shape), example)
+        return self.cutters[key]
 
     # ------------------------------------------------------------------ stitches
     def stitch_one(
@@ -313,55 +396,77 @@ class Study:
         sender: str,
         receiver: str,
         k: int,
-        train: tuple[torch.Tensor, torch.Tensor],
-        test: tuple[torch.Tensor, torch.Tensor],
+        train: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        test: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     ) -> dict:
-        """Sender activations ``train``/``test`` (activations, labels) stitched into the receiver
-        before stitch point ``k``: test accuracy and the ranks at the receiver's first layer."""
+        """Sender activations stitched into the receiver before stitch point ``k``, for every
+        stitch seed. ``train``/``test``: (sender activations, the receiver's own inputs for the
+        same samples, labels). Test accuracy, convergence, the engine's diagnostics and the
+        ranks at the receiver's first layer (each the mean over seeds; per seed in ``seeds``)."""
         import stitchcore
 
         p = self.p
         layer, cut_name = LAYERS[k]
         r_cut = self.cuts(receiver)[k]
-        start = time.perf_counter()
-        result = stitchcore.stitch(
-            self.given_cutter(tuple(train[0].shape[1:])), "acts", self.cutter(receiver),
-            r_cut.name, family="conv1x1", train=list(_batches(*train, p["stitch_batch_size"])),
-            init="random", epochs=p["stitch_epochs"], batch_size=p["stitch_batch_size"],
-            lr=p["stitch_lr"], seed=k,
-        )  # fmt: skip
-        ev = evaluate(result.model.stitch, result.model.receiver_suffix, *test)
-        seconds = time.perf_counter() - start
-        self.timings["stitches_s"] += seconds
-        self.log(
-            f"  {sender} → {receiver} at {layer}: {100 * ev['accuracy']:.1f} %, ranks "
-            f"{ev['rank_input']} in / {ev['rank_output']} out ({seconds:.0f} s)"
-        )
-        return {
+        offset = train[1][0].numel()
+        s_cutter = self.sender_cutter(offset, tuple(train[0].shape[1:]))
+        data = {
+            split: (paired(inputs, acts), labels)
+            for split, (acts, inputs, labels) in (("train", train), ("test", test))
+        }
+        per_seed = []
+        for seed in p["stitch_seeds"]:
+            start = time.perf_counter()
+            result = stitchcore.stitch(
+                s_cutter, "acts", self.receiver_cutter(receiver), f"model.{cut_name}",
+                family="conv1x1", train=data["train"], test=data["test"], init="random",
+                epochs=p["stitch_epochs"], max_epochs=p["stitch_max_epochs"],
+                batch_size=p["stitch_batch_size"], lr=p["stitch_lr"], seed=seed,
+            )  # fmt: skip
+            ev = evaluate(result.model.stitch, result.model.receiver_suffix, test[0], test[2])
+            seconds = time.perf_counter() - start
+            self.timings["stitches_s"] += seconds
+            m = result.metrics
+            per_seed.append({
+                "seed": seed, "stitched_accuracy": m["stitched_accuracy"],
+                **{key: m.get(key) for key in STITCH_METRICS},
+                **{key: ev[key] for key in RANKS}, "seconds": round(seconds, 2),
+            })  # fmt: skip
+            self.log(
+                f"  {sender} → {receiver} at {layer}, seed {seed}: "
+                f"{100 * m['stitched_accuracy']:.1f} % after {m.get('epochs')} epoch(s) "
+                f"({m.get('stop')}), ranks {ev['rank_input']} in / {ev['rank_output']} out, "
+                f"OOD {_f(m.get('ood_score'))}, match R² {_f(m.get('match_r2'))} ({seconds:.0f} s)"
+            )
+        row = {
             "layer": layer,
             "receiver_cut": cut_name,
             "family": result.family,
             "sender_shape": list(train[0].shape[1:]),
             "receiver_shape": list(r_cut.spec.shape),
-            "stitched_accuracy": ev["accuracy"],
             "first_layer": ev["first_layer"],
-            "rank_input": ev["rank_input"],
             "rank_input_cap": ev["rank_input_cap"],
-            "rank_output": ev["rank_output"],
             "rank_output_cap": ev["rank_output_cap"],
-            "train_loss": result.metrics.get("train_loss"),
-            "seconds": round(seconds, 2),
+            "seeds": per_seed,
         }
+        for key in ("stitched_accuracy", *STITCH_METRICS, *RANKS):
+            values = [s[key] for s in per_seed]
+            row[key] = _mean(values)
+            if len(per_seed) > 1 and key in SPREAD:
+                row[f"{key}_sd"] = _sd(values)
+        row["converged"] = all(s["converged"] for s in per_seed)  # fixed epochs: None, False
+        return row
 
-    def series(self, sender: str, receiver: str, acts: dict, data) -> list[dict]:
-        """One stitch per stitch point from precomputed sender activations on ``data``."""
+    def series(self, sender: str, receiver: str, acts: dict, inputs: dict, data) -> list[dict]:
+        """One stitch per stitch point from precomputed sender activations on ``data``, with
+        the receiver's own inputs for the same images."""
         return [
             self.stitch_one(
                 sender,
                 receiver,
                 k,
-                (acts["train"][k], data.train_y),
-                (acts["test"][k], data.test_y),
+                (acts["train"][k], inputs["train"], data.train_y),
+                (acts["test"][k], inputs["test"], data.test_y),
             )
             for k in range(len(LAYERS))
         ]
@@ -369,10 +474,13 @@ class Study:
     def noise_series(self, receiver: str) -> tuple[list[dict], list[str]]:
         """Clustered noise shaped like the receiver's activation at each stitch point,
         regenerated for each point (seed k) as in the paper, as many samples as the image
-        stitches use; trained and tested on the noise."""
+        stitches use; trained and tested on the noise. Beside each noise sample the receiver
+        sees a Correlated image of the same class (what its own activation, for the
+        diagnostics, is computed on); the stitched model sees only the noise."""
         from stitchcore.datasets import load_data
 
         corr = self.data["correlated"]
+        images = self.inputs(receiver, corr)
         rows, specs = [], []
         for k, cut in enumerate(self.cuts(receiver)):
             shape = "x".join(str(d) for d in cut.spec.shape)
@@ -381,13 +489,20 @@ class Study:
                 f"train={len(corr.train_y) // 10},test={len(corr.test_y) // 10},seed={k}"
             )
             noise = load_data(spec)
+            beside = {
+                split: images[split][class_matched(y, pool)]
+                for split, y, pool in (
+                    ("train", noise.train_y, corr.train_y),
+                    ("test", noise.test_y, corr.test_y),
+                )
+            }
             rows.append(
                 self.stitch_one(
                     "clustered-noise",
                     receiver,
                     k,
-                    (noise.train_x, noise.train_y),
-                    (noise.test_x, noise.test_y),
+                    (noise.train_x, beside["train"], noise.train_y),
+                    (noise.test_x, beside["test"], noise.test_y),
                 )  # fmt: skip
             )
             specs.append(spec)
@@ -424,14 +539,14 @@ class Study:
             self.log(f"{sender}: activations at {len(LAYERS)} cuts on {corr.name}")
             acts = self.activations(sender, corr)
             add("into-digit", sender, "digit", corr.name, digit_base,
-                self.series(sender, "digit", acts, corr))  # fmt: skip
+                self.series(sender, "digit", acts, self.inputs("digit", corr), corr))  # fmt: skip
             if sender != "digit":
                 continue
             baseline = self.baseline("digit", acts, corr.test_y)
             for receiver in ("colour-only", "correlated", "colour"):
                 add("digit-as-sender", "digit", receiver, corr.name,
                     models[receiver]["correlated_accuracy"],
-                    self.series("digit", receiver, acts, corr))  # fmt: skip
+                    self.series("digit", receiver, acts, self.inputs(receiver, corr), corr))  # fmt: skip
         # 2. clustered noise in place of a sender, into Digit (Section 4.2, Fig. C5)
         self.log("clustered noise into digit")
         rows, specs = self.noise_series("digit")
@@ -442,7 +557,7 @@ class Study:
         acts = self.activations("colour-only", conly)
         add("colour-only-into-greyscale", "colour-only", "greyscale", conly.name,
             models["greyscale"]["own_test_accuracy"],
-            self.series("colour-only", "greyscale", acts, conly),
+            self.series("colour-only", "greyscale", acts, self.inputs("greyscale", conly), conly),
             receiver_accuracy_on_stitch_data=self.accuracy("greyscale", conly))  # fmt: skip
         return {
             "study": STUDY,
@@ -466,9 +581,35 @@ class Study:
         }
 
 
-def _batches(x: torch.Tensor, y: torch.Tensor, size: int) -> Iterator[tuple]:
-    for start in range(0, len(y), size):
-        yield x[start : start + size], y[start : start + size]
+#: What each stitch records from ``stitchcore.stitch``'s metrics beside its accuracy: how it
+#: trained, and the engine's per-cell diagnostics (docs/report.md).
+STITCH_METRICS = ("init_accuracy", "epochs", "stop", "converged", "agreement", "match_r2",
+                  "rank_stitched", "rank_receiver", "ood_score")  # fmt: skip
+RANKS = ("rank_input", "rank_output")
+#: The values whose spread over stitch seeds is recorded (``KEY_sd``).
+SPREAD = ("stitched_accuracy", "agreement", "match_r2", "rank_stitched", "ood_score", *RANKS)
+
+
+def _mean(values: list):
+    """The mean of numbers (None when any is None); other values when all are equal, else the
+    list."""
+    if any(v is None for v in values):
+        return None
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return sum(values) / len(values)
+    return values[0] if all(v == values[0] for v in values) else values
+
+
+def _sd(values: list) -> float | None:
+    """Sample standard deviation (None with fewer than two numbers)."""
+    if len(values) < 2 or any(not isinstance(v, (int, float)) for v in values):
+        return None
+    mean = sum(values) / len(values)
+    return (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+
+
+def _f(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def find(series: list[dict], experiment: str, sender: str, receiver: str) -> dict:
@@ -609,8 +750,56 @@ def plot(result: dict, out: Path) -> list[Path]:
     )
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     paths.append(_save(fig, out / "shortcuts-rank.png", plt))
+    paths.append(plot_diagnostics(result, out / "shortcuts-diagnostics.png", plt))
     paths.append(plot_examples(out / "shortcuts-data.png", plt))
     return paths
+
+
+#: The engine's per-cell diagnostics, as plotted and tabulated (key, title, reference line).
+DIAGNOSTICS = (
+    ("ood_score", "OOD score (receiver's own test activations = 1)", 1.0),
+    ("match_r2", "match R² against the receiver's own activation", 0.0),
+    ("rank_stitched", "effective rank of the stitched activation", None),
+    ("agreement", "agreement with the receiver's predictions", None),
+)
+
+
+def plot_diagnostics(result: dict, path: Path, plt) -> Path:
+    """The per-cell diagnostics of every sender stitched into Digit, per stitch point."""
+    names = [layer["layer"] for layer in result["layers"]]
+    x = list(range(len(names)))
+    into = [s for s in result["series"] if s["experiment"] == "into-digit"]
+    fig, axes = plt.subplots(1, len(DIAGNOSTICS), figsize=(4.2 * len(DIAGNOSTICS), 4.2))
+    for ax, (key, title, ref) in zip(axes, DIAGNOSTICS):
+        for s in into:
+            colour, marker = SENDER_STYLE[s["sender"]]
+            ys = [_nan(r.get(key)) for r in s["rows"]]
+            err = [_nan(r.get(f"{key}_sd")) for r in s["rows"]]
+            ax.errorbar(x, ys, yerr=None if all(e != e for e in err) else err, marker=marker,
+                        color=colour, label=s["sender"], capsize=2)  # fmt: skip
+        if key == "rank_stitched":
+            digit = find(result["series"], "into-digit", "digit", "digit")["rows"]
+            ax.plot(x, [_nan(r.get("rank_receiver")) for r in digit], "k--", lw=1.2,
+                    label="Digit's own activation")  # fmt: skip
+        if ref is not None:
+            ax.axhline(ref, color="grey", lw=0.8, ls=":")
+        if key == "ood_score":
+            ax.set_yscale("log")
+        ax.set(title=title, xticks=x, xticklabels=names, xlabel="stitch point (before …)")
+        ax.title.set_fontsize(9)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(
+        _caption(result) + "\nper-cell diagnostics on the test data (noise: the noise test set; "
+        "Digit's own activation from a Correlated image of the same class)",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    return _save(fig, path, plt)
+
+
+def _nan(value) -> float:
+    return float("nan") if value is None else float(value)
 
 
 def plot_examples(path: Path, plt) -> Path:
@@ -638,8 +827,19 @@ def _caption(result: dict) -> str:
     width = "" if p["width"] == 1 else f" (width ×{p['width']:g})"
     return (
         f"{MODEL}{width} at {result['input_size']} px, stitch BN→1×1 conv→BN, "
-        f"{result['data']['stitch_train_images']} stitch images, {p['stitch_epochs']} epoch(s)"
+        f"{result['data']['stitch_train_images']} stitch images, {_budget(p)}"
     )
+
+
+def _budget(p: dict) -> str:
+    """How long the stitches trained, and over how many seeds."""
+    seeds = len(p["stitch_seeds"])
+    how = (
+        f"trained until converged (≤ {p['stitch_max_epochs']} epochs)"
+        if p["stitch_epochs"] is None
+        else f"{p['stitch_epochs']} epoch(s), not converged"
+    )
+    return how + (f", mean of {seeds} seeds" if seeds > 1 else "")
 
 
 def _save(fig, path: Path, plt) -> Path:
@@ -670,18 +870,35 @@ def table(result: dict):
     for layer in result["layers"]:
         ranks.add_column(layer["layer"], justify="right")
     for s in (s for s in result["series"] if s["experiment"] == "into-digit"):
-        ranks.add_row(s["sender"], *[f"{r['rank_input']} / {r['rank_output']}" for r in s["rows"]])
+        ranks.add_row(
+            s["sender"], *[f"{r['rank_input']:.0f} / {r['rank_output']:.0f}" for r in s["rows"]]
+        )
     ranks.add_row(
         "Digit unstitched",
         *[f"{r['rank_input']} / {r['rank_output']}" for r in result["digit_baseline"]],
     )
+    diag = Table(title="per-cell diagnostics into Digit: OOD score · match R² · effective rank "
+                 "(stitched / Digit's own) · agreement")  # fmt: skip
+    diag.add_column("sender")
+    for layer in result["layers"]:
+        diag.add_column(layer["layer"], justify="right")
+    for s in (s for s in result["series"] if s["experiment"] == "into-digit"):
+        diag.add_row(s["sender"], *[_diagnostics(r) for r in s["rows"]])
     vs = Table(title="Smith & Marcu (2024) next to this run (accuracy, %)")
     vs.add_column("what")
     vs.add_column("paper", justify="right")
     vs.add_column("ours", justify="right")
     for row in result["comparison"]:
         vs.add_row(row["what"], _pct(row["paper"]), _pct(row["ours"]))
-    return Group(per_layer, ranks, vs)
+    return Group(per_layer, ranks, diag, vs)
+
+
+def _diagnostics(row: dict) -> str:
+    return (
+        f"{_f(row.get('ood_score'))} · {_f(row.get('match_r2'))} · "
+        f"{_f(row.get('rank_stitched'))}/{_f(row.get('rank_receiver'))} · "
+        f"{_f(row.get('agreement'))}"
+    )
 
 
 def _pct(value) -> str:
@@ -712,6 +929,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default=None, help=f"output directory (default {DEFAULT_OUT})")
     ap.add_argument("--zoo", default=None, help="zoo for the base models (default: OUT/zoo)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument(
+        "--seeds",
+        default=None,
+        help="stitch seeds, comma-separated (default: 0,1,2 in full mode, 0 in mini mode)",
+    )
     args = ap.parse_args(argv)
     from rich.console import Console
 
@@ -722,12 +944,21 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"error: --threads must be at least 1, got {args.threads}", file=sys.stderr)
             raise SystemExit(2)
         torch.set_num_threads(args.threads)
+    seeds = None
+    if args.seeds is not None:
+        try:
+            seeds = [int(x) for x in args.seeds.split(",")]
+        except ValueError:
+            print(f"error: --seeds takes comma-separated integers, got {args.seeds!r}",
+                  file=sys.stderr)  # fmt: skip
+            raise SystemExit(2) from None
     out = Path(args.out) if args.out else DEFAULT_OUT
     zoo = Path(args.zoo) if args.zoo else out / "zoo"
     start, head = time.perf_counter(), commit()  # the code that runs, even if HEAD moves
     try:
         out.mkdir(parents=True, exist_ok=True)
-        result = Study(out, zoo, args.mini, lambda m: print(m, file=sys.stderr)).run()
+        log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+        result = Study(out, zoo, args.mini, log, seeds=seeds).run()
     except (StitchError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -46,7 +46,7 @@ def plan(mini: bool) -> Plan:
     n, epochs = (200, 1) if mini else (2000, 4)
     scale = Scale(
         data="digits" if mini else "fashion-mnist", width=0.25 if mini else 0.5,
-        input_size=16 if mini else 32, stitch_epochs=1 if mini else 3, stitch_batch_size=32,
+        input_size=16 if mini else 32, stitch_epochs=1 if mini else None, stitch_batch_size=32,
         stitch_lr=1e-3, stitch_train_size=n,  # the receiver's own (clean) training images
     )  # fmt: skip
     return Plan(

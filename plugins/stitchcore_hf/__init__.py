@@ -5,18 +5,23 @@ boundaries (``embeddings``, ``encoder.layer.N``, ``layers.N``) through the ``cut
 for models it loaded (``HFModule``) and for bare ``transformers.PreTrainedModel``s handed to
 ``stitchcore.list_cuts``/``split``. See docs/huggingface.md.
 
+Text models come with their tokenizer as ``preprocess`` and, when ``stitch train`` gives them a
+classifier, a pooled head inside the wrapper (text.py). ``make_local_model`` writes a small
+BERT- or GPT-2-style model with MiniLM's tokenizer, for experiments without the hub (local.py).
+
 Importing this plugin does not import transformers (several seconds); that happens on first use.
 """
 
 from __future__ import annotations
 
 import stitchcore
-from stitchcore import ModelHints
-from stitchcore.errors import StitchError
+from stitchcore.plugin import ModelHints, StitchError
 
 from .backend import backend_for
+from .local import make_local_model
 from .source import HFSource, tokenizer_for
 from .specs import input_spec
+from .text import PooledHead, Tokenize
 from .wrapper import HFModule, is_pretrained_model, unwrap
 
 
@@ -47,4 +52,13 @@ def cut_backend(model, example):
     return backend_for(wrapper, example)
 
 
-__all__ = ["HFModule", "HFSource", "is_pretrained_model", "tokenizer_for", "unwrap"]
+__all__ = [
+    "HFModule",
+    "HFSource",
+    "PooledHead",
+    "Tokenize",
+    "is_pretrained_model",
+    "make_local_model",
+    "tokenizer_for",
+    "unwrap",
+]

@@ -21,9 +21,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from stitchcore import ActivationSpec, Cut, CutBackend, ModelHints
-from stitchcore.errors import CutError, UnknownNameError
-from stitchcore.graph import outputs_close
+from stitchcore.plugin import (
+    ActivationSpec,
+    Cut,
+    CutBackend,
+    CutError,
+    ModelHints,
+    UnknownNameError,
+    outputs_close,
+)
 
 from .blocks import BlockLayout, probe_layout
 from .specs import input_spec, main_input, prefix_tokens

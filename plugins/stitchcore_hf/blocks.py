@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from stitchcore.errors import CutError
+from stitchcore.plugin import CutError
 
 from .surgery import Stop, hidden_arg
 

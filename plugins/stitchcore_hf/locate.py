@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from stitchcore.errors import StitchError
+from stitchcore.plugin import StitchError
 
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 MINILM_NAMES = ("all-MiniLM-L6-v2", MINILM_HUB_ID)

@@ -2,29 +2,45 @@
 
 - ``@pretrained`` (default): ``from_pretrained`` from the directory, the packaged MiniLM, or the
   hub (cache only when offline; see locate.py).
-- ``@random``: the architecture from the config (``AutoConfig`` then ``from_config``), randomly
-  initialised: the control for stitching experiments, and all ``stitch cuts`` needs.
+- ``@random`` / ``@random-N``: the architecture from the config (``AutoConfig`` then
+  ``from_config``), randomly initialised from seed N (0 for ``@random``), so the same spec is
+  the same model every time: the control for stitching experiments, and all ``stitch cuts``
+  needs.
 - ``@PATH``: the architecture from the config with a state dict from a ``.safetensors`` or
   ``.pth`` file (keys as in the HF model's own ``state_dict``), loaded strictly and safely.
 
 The model class is ``AutoModel`` (the bare encoder, whose output is ``last_hidden_state``)
 unless the config's ``architectures`` names a sequence or image classification head, which is
-kept (output: ``logits``, ``num_classes`` = ``num_labels``). Masked-LM and other heads are
-dropped in favour of the encoder.
+kept (output: ``logits``, ``num_classes`` = ``num_labels``). Masked-LM, causal-LM and other heads
+are dropped in favour of the encoder (or decoder) itself.
+
+Text models come with ``preprocess``: their own tokenizer (:class:`~stitchcore_hf.text.Tokenize`,
+from the model's directory, the MiniLM package or the cache), which pads and truncates to the
+model's sequence length, 128 tokens unless asked otherwise: ``build_model(spec, input_size=N)``
+(``stitch train --seq-len N``) loads a text model for N tokens (see :meth:`HFSource.load_variant`).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
-from stitchcore import LoadedModel, ModelSource
-from stitchcore.errors import OfflineError, StitchError, closest
-from stitchcore.weights import load_state_dict_file
+from stitchcore.plugin import (
+    LoadedModel,
+    ModelSource,
+    OfflineError,
+    StitchError,
+    closest,
+    load_state_dict_file,
+    random_seed,
+    seeded,
+)
 
 from .backend import hints_for
 from .locate import MINILM_NAMES, Location, cached_model_ids, hub_offline, locate
-from .specs import input_spec
+from .specs import POSITION_OFFSET, input_spec
+from .text import Tokenize, load_tokenizer, pad_id_for
 from .wrapper import HFModule
 
 CLASSIFICATION_HEADS = {
@@ -60,6 +76,18 @@ class HFSource(ModelSource):
         return [*MINILM_NAMES, *cached_model_ids()]
 
     def load(self, name: str, weights: str | None) -> LoadedModel:
+        return self._load(name, weights, None)
+
+    def load_variant(
+        self, name: str, weights: str | None, *, width: float = 1.0, input_size: int | None = None
+    ) -> LoadedModel:
+        """For text models ``input_size`` is the sequence length in tokens (the tokenizer
+        truncates and pads to it); image models are built only at their own size."""
+        if width != 1:
+            raise StitchError(f"hf:{name}: the hf source cannot scale model width (--width)")
+        return self._load(name, weights, input_size)
+
+    def _load(self, name: str, weights: str | None, seq_len: int | None) -> LoadedModel:
         loc = locate(name)
         weights = weights or "pretrained"
         offline = not loc.local and hub_offline()
@@ -67,22 +95,35 @@ class HFSource(ModelSource):
         auto = auto_class(config)
         if weights == "pretrained":
             model = self._from_hub(name, loc, offline, "weights", self._pretrained, auto, config)
+        elif random_seed(weights) is not None:  # @random, @random-N: the same model every time
+            with seeded(random_seed(weights)):
+                model = auto.from_config(config)
         else:
+            path = Path(weights).expanduser()
+            if not path.is_file():
+                raise StitchError(
+                    f"hf:{name}@{weights}: no such weights file (use @pretrained, @random or "
+                    "@PATH to a .safetensors/.pth state dict)"
+                )
             model = auto.from_config(config)
-            if weights != "random":
-                path = Path(weights).expanduser()
-                if not path.is_file():
-                    raise StitchError(
-                        f"hf:{name}@{weights}: no such weights file (use @pretrained, @random or "
-                        "@PATH to a .safetensors/.pth state dict)"
-                    )
-                load_state_dict_file(model, path)
+            load_state_dict_file(model, path)
         model.eval()
         if hasattr(model.config, "use_cache"):
             model.config.use_cache = False
         wrapper = HFModule(model)
+        label = f"hf:{name}"
         mean, std = self._normalisation(loc, offline)
         spec = input_spec(model, tokenizer=loc.ref if wrapper.is_text else None, mean=mean, std=std)
+        preprocess = None
+        if wrapper.is_text:
+            spec = _with_length(spec, seq_len, label)
+            pad, tokenizer = pad_id_for(model.config, loc.ref, label)
+            wrapper.pad_token_id = pad
+            spec.extra["pad_token_id"] = pad
+            vocab = spec.extra.get("vocab_size")
+            preprocess = Tokenize(loc.ref, spec.shape[0], pad, label, tokenizer, vocab)
+        elif seq_len is not None:
+            raise StitchError(f"{label} is an image model; it runs only at its own input size")
         wrapper.hints = hints_for(wrapper, spec)
         head = auto.__name__ != "AutoModel"
         return LoadedModel(
@@ -99,6 +140,7 @@ class HFSource(ModelSource):
                 "weights": weights,
                 "output": "logits" if head else "last_hidden_state",
             },
+            preprocess=preprocess,
         )
 
     # ------------------------------------------------------------------ loading
@@ -110,7 +152,15 @@ class HFSource(ModelSource):
 
     @staticmethod
     def _pretrained(ref: str, offline: bool, auto, config):
-        return auto.from_pretrained(ref, config=config, local_files_only=offline)
+        from transformers.utils import logging as hf_logging
+
+        shown = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a bar per model on stderr says nothing useful here
+        try:
+            return auto.from_pretrained(ref, config=config, local_files_only=offline)
+        finally:
+            if shown:
+                hf_logging.enable_progress_bar()
 
     def _from_hub(self, name: str, loc: Location, offline: bool, what: str, fn, *args):
         """Run a loader; turn its failures into one-line StitchErrors (OfflineError offline)."""
@@ -149,15 +199,23 @@ class HFSource(ModelSource):
         return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
+def _with_length(spec, seq_len: int | None, label: str):
+    """The text spec for ``seq_len`` tokens (None: the default length)."""
+    if seq_len is None:
+        return spec
+    limit = max(int(spec.extra.get("max_length", 0)) - POSITION_OFFSET, 1)
+    if not 1 <= seq_len <= limit:
+        raise StitchError(
+            f"{label}: sequence length {seq_len} is out of range; this model takes 1…{limit} tokens"
+        )
+    return replace(spec, shape=(int(seq_len),), extra=dict(spec.extra))
+
+
 def tokenizer_for(loaded: LoadedModel):
     """The tokenizer that belongs to an ``hf:`` text model (from its directory or the cache)."""
-    from transformers import AutoTokenizer
-
+    if isinstance(loaded.preprocess, Tokenize):
+        return loaded.preprocess.tokenizer
     ref = loaded.input.extra.get("tokenizer")
     if not ref:
         raise StitchError(f"{loaded.spec} is not a text model with a tokenizer")
-    local = Path(ref).is_dir()
-    try:
-        return AutoTokenizer.from_pretrained(ref, local_files_only=local or hub_offline())
-    except (OSError, ValueError) as exc:
-        raise OfflineError(f"{loaded.spec}: tokenizer not available: {_first_line(exc)}") from exc
+    return load_tokenizer(ref, loaded.spec)

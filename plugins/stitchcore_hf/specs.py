@@ -19,8 +19,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from stitchcore import InputSpec
-from stitchcore.errors import StitchError
+from stitchcore.plugin import InputSpec, StitchError
 
 from .wrapper import IMAGE_INPUT, TEXT_INPUT
 

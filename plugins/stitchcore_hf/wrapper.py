@@ -12,6 +12,12 @@ and return ``ModelOutput`` dicts, so the ``hf:`` source wraps them:
 - The output is ``logits`` when the model has a head (``*ForSequenceClassification``,
   ``*ForImageClassification``), else ``last_hidden_state`` (after the final norm, as HF
   returns it).
+- A classifier for a new task (``stitch train``) follows timm's convention, which the core's
+  ``attach_head`` uses: ``reset_classifier(n)`` replaces the model's own classifier layer when it
+  has one, else puts a :class:`~stitchcore_hf.text.PooledHead` after the last hidden state
+  (pooled as documented in text.py, with the attention mask of the same call); and
+  ``get_classifier()`` returns that ``nn.Linear``. The head lives inside the wrapper, so the
+  cut backend's suffixes end in it and the trained model cuts like the bare one.
 
 ``raw=True`` is used for a bare ``PreTrainedModel`` handed to ``stitchcore.list_cuts``: inputs
 are passed unchanged and the model's own output object is returned, so that cutting it
@@ -31,7 +37,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from stitchcore.errors import StitchError
+from stitchcore.plugin import StitchError
+
+from .text import PooledHead, pooling_for
 
 TEXT_INPUT = "input_ids"
 IMAGE_INPUT = "pixel_values"
@@ -56,6 +64,7 @@ class HFModule(nn.Module):
         self._use_cache = "use_cache" in inspect.signature(model.forward).parameters
         self._layout = None  # blocks.BlockLayout, found on first cut (see blocks.layout_of)
         self.hints = None  # stitchcore.ModelHints, set by the source
+        self.head: PooledHead | None = None  # a classifier added by reset_classifier
 
     @property
     def is_text(self) -> bool:
@@ -65,7 +74,58 @@ class HFModule(nn.Module):
         """The same calling convention around another (rewired) copy of the model."""
         other = HFModule(model, raw=self.raw)
         other.input_name, other.pad_token_id = self.input_name, self.pad_token_id
+        other.head = self.head  # shared: a suffix ends in the same classifier
         return other
+
+    # ------------------------------------------------------------------ classifier (timm style)
+    def _own_classifier(self) -> tuple[nn.Module, str, nn.Linear] | None:
+        """(parent, attribute, layer) of the HF model's own classification layer: the last
+        ``nn.Linear`` with ``num_labels`` outputs of a ``*For*Classification`` model."""
+        arch = type(self.model).__name__
+        if not arch.endswith(("ForSequenceClassification", "ForImageClassification")):
+            return None
+        labels = getattr(self.model.config, "num_labels", None)
+        hits = [
+            (n, m)
+            for n, m in self.model.named_modules()
+            if isinstance(m, nn.Linear) and m.out_features == labels
+        ]
+        if not hits:
+            return None
+        path, layer = hits[-1]
+        parent_path, _, attr = path.rpartition(".")
+        parent = self.model.get_submodule(parent_path) if parent_path else self.model
+        return parent, attr, layer
+
+    def get_classifier(self) -> nn.Module:
+        """The classification layer: the added head's linear, the model's own, or Identity."""
+        if self.head is not None:
+            return self.head.linear
+        own = self._own_classifier()
+        return own[2] if own else nn.Identity()
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A fresh classifier for ``num_classes`` classes (0: none, the hidden state out)."""
+        if self.raw:
+            raise StitchError("a raw Hugging Face model keeps its own outputs; load it with hf:")
+        own = self._own_classifier()
+        if own is not None:
+            parent, attr, old = own
+            new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+            setattr(parent, attr, new if num_classes else nn.Identity())
+            self.model.config.num_labels = num_classes
+            return
+        if num_classes == 0:
+            self.head = None
+            return
+        width = getattr(self.model.config, "hidden_size", None) or getattr(
+            self.model.config, "n_embd", None
+        )
+        if not width:
+            raise StitchError(f"{type(self.model).__name__}: no hidden size in its config")
+        prefix = self.hints.prefix_tokens if self.hints is not None else 0
+        pool = pooling_for(self.model, self.is_text, prefix)
+        self.head = PooledHead(pool, int(width), num_classes)
 
     def arguments(self, x: torch.Tensor | Mapping) -> dict[str, Any]:
         """Keyword arguments for the HF model's forward."""
@@ -104,7 +164,11 @@ class HFModule(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor | Mapping) -> Any:
-        return self.select(self.model(**self.arguments(x)))
+        kwargs = self.arguments(x)
+        out = self.select(self.model(**kwargs))
+        if self.head is None:
+            return out
+        return self.head(out, kwargs.get("attention_mask"))
 
 
 def unwrap(module: nn.Module) -> HFModule | None:

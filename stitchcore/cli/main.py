@@ -21,7 +21,10 @@ from ..weights import unsafe_checkpoint_error
 
 __all__ = ["StitchGroup", "UsageError", "cli", "err_console", "main"]
 
-err_console = Console(stderr=True)
+#: Messages and progress on stderr. Messages are never wrapped by rich (``soft_wrap``): a
+#: terminal wraps them itself, and a log file or a pipe keeps each message, paths
+#: included, on one line (rich would break them at 80 columns there).
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 class UsageError(click.ClickException):

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import click
 
+from .. import plugins
 from ..cache import DEFAULT_BUDGET
 from ..errors import StitchError
 from ..matrix import CONTROLS, MatrixConfig
@@ -32,6 +34,27 @@ def _shard(value: str | None) -> tuple[int, int] | None:
     if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
         raise StitchError(f"--shard must look like K/N with 1 ≤ K ≤ N, got {value!r}")
     return (int(m.group(1)) - 1, int(m.group(2)))
+
+
+def _controls(value: str) -> list[str]:
+    controls = [c.strip() for c in value.split(",") if c.strip()]
+    twice = sorted({c for c in controls if controls.count(c) > 1})
+    if twice:
+        raise StitchError(f"--controls names {twice[0]!r} twice")
+    return controls
+
+
+def _check(opts: dict) -> None:
+    """What needs neither data nor models, checked before either is loaded."""
+    for name in ("cache_gb", "disk_cache_gb"):
+        value = opts[name]
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            flag = "--" + name.replace("_", "-")
+            raise StitchError(f"{flag} must be a finite number ≥ 0, got {value}")
+    if opts["out"] is not None and not opts["out"].strip():
+        raise StitchError("--out must name a directory, got an empty string")
+    if opts["family"] != "auto":
+        plugins.get_family(opts["family"])  # an unknown name, before any model is loaded
 
 
 def _summary(final: dict) -> None:
@@ -107,8 +130,12 @@ def _summary(final: dict) -> None:
 @click.option(
     "--shard", default=None, help="Compute only share K of N (e.g. 2/8), then `stitch merge`."
 )
-@click.option("--report/--no-report", default=True, show_default=True,
-              help="Also write report.html (see `stitch report`).")
+@click.option(
+    "--report/--no-report",
+    default=True,
+    show_default=True,
+    help="Also write report.html (see `stitch report`).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print matrix.json to stdout at the end.")
 def matrix_command(**opts) -> None:  # fmt: skip
     """Stitch every sender cut into every receiver cut and report the matrix.
@@ -128,8 +155,7 @@ def matrix_command(**opts) -> None:  # fmt: skip
                     --data imagefolder:/data/imagenet --device cuda --precision bf16
       torchrun --nproc_per_node 2 -m stitchcore.cli matrix --sender ... --receiver ...
     """
-    if opts["cache_gb"] < 0 or (opts["disk_cache_gb"] or 0) < 0:
-        raise StitchError("--cache-gb and --disk-cache-gb must be ≥ 0")
+    _check(opts)
     cfg = MatrixConfig(
         sender=opts["sender"],
         receiver=opts["receiver"],
@@ -140,7 +166,7 @@ def matrix_command(**opts) -> None:  # fmt: skip
         train_size=opts["train_size"],
         test_size=opts["test_size"],
         input_size=opts["input_size"],
-        controls=[c.strip() for c in opts["controls"].split(",") if c.strip()],
+        controls=_controls(opts["controls"]),
         cka=opts["cka"],
         diagnostics=opts["diagnostics"],
         fp16=opts["fp16"],
@@ -219,5 +245,6 @@ def merge_command(directory: str, as_json: bool) -> None:
     )
     if len(final["cells"]) < expected:
         err_console.print(f"[yellow]{expected - len(final['cells'])} cells are not computed yet")
+
 
 __all__ = ["matrix_command", "merge_command"]

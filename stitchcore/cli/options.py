@@ -14,6 +14,7 @@ from ..runtime import DEVICES, PRECISIONS
 from ..stitching import INITS, OBJECTIVES, StitchConfig
 
 __all__ = [
+    "SEED_MAX",
     "data_options",
     "device_options",
     "family_option",
@@ -21,6 +22,9 @@ __all__ = [
     "stitch_config",
     "stitch_options",
 ]
+
+#: The largest seed: every generator the engine seeds (torch, numpy) takes 0 … 2³² − 1.
+SEED_MAX = 2**32 - 1
 
 family_option = click.option(
     "--family-option",
@@ -71,7 +75,7 @@ stitch_options = _stack(
                       "a least-squares init at chance) before a plateau may end them."),
     click.option("--batch-size", type=int, default=128, show_default=True),
     click.option("--lr", type=float, default=1e-3, show_default=True),
-    click.option("--seed", type=int, default=0, show_default=True),
+    click.option("--seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True),
 )  # fmt: skip
 
 data_options = _stack(

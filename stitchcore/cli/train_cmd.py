@@ -9,9 +9,13 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from ..errors import StitchError
+from ..runtime import DEVICES, PRECISIONS
 from ..training import HEADS, OPTIMIZERS
 from ..zoo import ensure_trained, list_entries, zoo_dir
 from .main import cli
+
+__all__ = ["train_command", "zoo_command"]
 
 
 def _log(message: str) -> None:
@@ -23,11 +27,17 @@ def _log(message: str) -> None:
 @click.option("--data", "data", required=True, help="Dataset NAME[:VARIANT], e.g. digits.")
 @click.option("--seed", default=0, show_default=True, help="Initialisation and batch order.")
 @click.option("--epochs", default=3, show_default=True, help="Training epochs (finetune head).")
-@click.option("--train-size", type=int, help="Train on a random subset of N images.")
+@click.option("--train-size", type=int, help="Train on a random subset of N samples.")
+@click.option("--test-size", type=int, help="Test on a random subset of N samples.")
 @click.option("--label-noise", default=0.0, show_default=True, help="Fraction of random labels.")
 @click.option("--coarse", is_flag=True, help="Train on the dataset's coarse (super-class) labels.")
 @click.option("--width", default=1.0, show_default=True, help="Channel-width multiplier.")
 @click.option("--input-size", type=int, help="Train at N×N pixels [default: 32 for small images].")
+@click.option(
+    "--seq-len",
+    type=int,
+    help="Text models: pad/truncate to N tokens [default: the source's, 128 for hf:].",
+)
 @click.option("--in-chans", default=3, show_default=True, help="Input channels (grey repeated).")
 @click.option(
     "--head",
@@ -40,6 +50,14 @@ def _log(message: str) -> None:
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adam", show_default=True)
 @click.option(
     "--data-seed", default=0, show_default=True, help="Seed of --train-size/--label-noise."
+)
+@click.option("--device", default="auto", show_default=True, help=f"Where to train: {DEVICES}.")
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="fp32",
+    show_default=True,
+    help="Autocast while training (fp16 with a gradient scaler).",
 )
 @click.option("--zoo", "zoo", type=click.Path(file_okay=False), help="Zoo directory.")
 @click.option("--force", is_flag=True, help="Train again even if the zoo has this model.")
@@ -58,6 +76,7 @@ def train_command(
     no_progress: bool,
     threads: int | None,
     as_json: bool,
+    device: str,
     **options,
 ) -> None:
     """Train MODEL (SOURCE:NAME[@WEIGHTS]) on a dataset and keep it in the local zoo.
@@ -66,11 +85,16 @@ def train_command(
     default weights). The same configuration trained twice is reused from the zoo; load the
     result anywhere as zoo:NAME.
 
+    Text data (e.g. fortunes) trains a text model through its own tokenizer; a bare encoder
+    gets a linear head on its mean over real tokens (last real token for a causal decoder).
+
     \b
     Examples:
       stitch train timm:resnet18 --data digits --epochs 3
       stitch train timm:resnet18 --data fashion-mnist --train-size 10000 --epochs 2
       stitch train timm:resnet18@random --data digits --width 0.5 --seed 1
+      stitch train hf:all-MiniLM-L6-v2 --data fortunes --head probe --seq-len 64
+      stitch train timm:resnet18 --data cifar10 --device cuda --precision bf16
     """
     if threads:
         torch.set_num_threads(threads)
@@ -81,6 +105,7 @@ def train_command(
         force=force,
         progress=False if (no_progress or as_json) else None,
         log=_log,
+        device=device,
         **options,
     )
     if as_json:
@@ -97,13 +122,16 @@ def train_command(
 def zoo_command(zoo: str | None, as_json: bool) -> None:
     """List the models in the local zoo (trained by `stitch train`), usable as zoo:NAME.
 
-    The zoo is --zoo DIR, else $STITCHCORE_ZOO, else ~/.cache/stitchcore/zoo.
+    The zoo is --zoo DIR (which must exist), else $STITCHCORE_ZOO, else
+    ~/.cache/stitchcore/zoo (empty until the first `stitch train`).
 
     \b
     Examples:
       stitch zoo
       stitch zoo --json
     """
+    if zoo and not zoo_dir(zoo).is_dir():
+        raise StitchError(f"--zoo {zoo}: no such directory (`stitch train --zoo DIR` creates one)")
     records = list_entries(zoo)
     if as_json:
         click.echo(json.dumps(records, indent=2))
