@@ -1,4 +1,4 @@
-"""The `pretrained` study (issue 6, item 7) in miniature mode: real EfficientNet-Lite0 ImageNet
+"""The `pretrained` study in miniature mode: real EfficientNet-Lite0 ImageNet
 weights with a linear probe stitched into themselves, and the real MiniLM stitched into itself
 with the match objective. Checks the written results' structure and sanity, the figures, and
 that the text matrix's cells are what ``stitchcore.stitch`` computes for the same pair."""
@@ -57,7 +57,9 @@ def test_vision_matrix_is_sane(study):
     assert [r["sender_cut"] for r in pair["rows"]] == cuts  # one row per layer
     assert [c["name"] for c in pair["receiver_cuts"]] == cuts
     base = pair["baselines"]
-    assert base["sender_accuracy"] == base["receiver_accuracy"] == lite0["probe_test_accuracy"]
+    # the same model on the same test images (the engine's accuracy is a float32 mean)
+    assert base["sender_accuracy"] == base["receiver_accuracy"]
+    assert base["receiver_accuracy"] == pytest.approx(lite0["probe_test_accuracy"], abs=1e-6)
     for row in pair["rows"]:
         assert [c["receiver_cut"] for c in row["cells"]] == cuts
         for cell in row["cells"]:

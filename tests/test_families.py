@@ -109,7 +109,7 @@ def mse(stitch, x, y) -> float:
 FAMILY_PAIRS = [
     ("r0:layer2", "r1:layer2", "conv1x1"),  # 128×4×4 → 128×4×4
     ("r0:layer1", "r1:layer2", "strided_conv"),  # 64×8×8 → 128×4×4 (k = 2)
-    ("r0:layer3", "r1:layer2", "upsample_conv"),  # 256×2×2 → 128×4×4 (k = 2)
+    ("r0:layer3", "r1:layer2", "subpixel_conv"),  # 256×2×2 → 128×4×4 (k = 2)
     ("v0:blocks.1", "v1:blocks.2", "token_linear"),  # ViT → ViT, 17×192 tokens
     ("r0:layer1", "v1:blocks.1", "token_linear"),  # CNN → ViT, 8×8 map → 4×4 grid + class
     ("v0:blocks.2", "r1:layer1", "token_linear"),  # ViT → CNN, 4×4 grid → 8×8 map
@@ -129,12 +129,14 @@ PAIR_IDS = [f"{f}-{s}-{r}" for s, r, f in FAMILY_PAIRS]
 def test_plugin_registers_the_standard_families():
     report = {row["name"]: row for row in plugins.plugin_report()}
     assert report["families"]["families"] == sorted(
-        ["conv1x1", "strided_conv", "upsample_conv", "token_linear", "linear", "permutation"]
+        ["conv1x1", "strided_conv", "subpixel_conv", "upsample_conv", "token_linear", "linear",
+         "permutation"]  # fmt: skip
     )
     fams = plugins.families()
     assert fams["permutation"].trainable is False
     assert fams["permutation"].auto_priority is None
-    for name in ("conv1x1", "strided_conv", "upsample_conv", "token_linear", "linear"):
+    for name in ("conv1x1", "strided_conv", "subpixel_conv", "upsample_conv", "token_linear",
+                 "linear"):  # fmt: skip
         assert fams[name].trainable and fams[name].has_closed_form, name
 
 
@@ -395,7 +397,7 @@ AUTO = [
     (((8, 8, 64), "nhwc"), ((128, 8, 8), "nchw"), "conv1x1"),
     (((64, 16, 16), "nchw"), ((128, 8, 8), "nchw"), "strided_conv"),
     (((64, 16, 12), "nchw"), ((128, 4, 4), "nchw"), "strided_conv"),  # 4× by 3×
-    (((64, 4, 4), "nchw"), ((128, 16, 16), "nchw"), "upsample_conv"),
+    (((64, 4, 4), "nchw"), ((128, 16, 16), "nchw"), "subpixel_conv"),
     (((17, 192), "tokens", 1), ((50, 384), "tokens", 1), "token_linear"),
     (((64, 8, 8), "nchw"), ((17, 192), "tokens", 1), "token_linear"),
     (((17, 192), "tokens", 1), ((64, 8, 8), "nchw"), "token_linear"),

@@ -92,9 +92,12 @@ def matrix_json(out) -> dict:
 
 
 def env():
-    """Subprocesses with this process's thread count: losses then agree to the last digit."""
+    """Subprocesses with this process's stitchcore (the checkout under test, whatever their
+    working directory) and thread count (losses then agree to the last digit)."""
     e = dict(os.environ)
     e["OMP_NUM_THREADS"] = str(torch.get_num_threads())
+    here = str(Path(stitchcore.__file__).resolve().parents[1])
+    e["PYTHONPATH"] = os.pathsep.join([here, *filter(None, [e.get("PYTHONPATH")])])
     return e
 
 
@@ -499,7 +502,7 @@ def test_a_writer_killed_mid_write_never_leaves_a_partial_cell(tmp_path, case):
     script = tmp_path / "writer.py"
     script.write_text(textwrap.dedent(SLOW_WRITER))
     proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "r"), case],
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+                            stdout=subprocess.PIPE, text=True, env=env())  # fmt: skip
     assert proc.stdout.readline().strip() == "HALF"
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -82,8 +82,8 @@ def test_minilm_into_a_narrower_encoder_on_the_task(minilm, trained, tmp_path):
     assert {c["family"] for c in cells} == {"token_linear"}
     for c in cells:
         # the receiver's accuracy through the engine's text path (its tokenizer, its pooled
-        # head) is exactly what training measured through the trainer's
-        assert c["receiver_accuracy"] == pytest.approx(record["test_accuracy"], abs=1e-6)
+        # head) is what training measured through the trainer's (to the record's 5 decimals)
+        assert c["receiver_accuracy"] == pytest.approx(record["test_accuracy"], abs=1e-5)
         assert c["receiver_accuracy"] > 2 * CHANCE
         assert c["stitched_accuracy"] > CHANCE
         assert c["penalty"] == pytest.approx(c["receiver_accuracy"] - c["stitched_accuracy"])
@@ -106,7 +106,7 @@ def test_minilm_into_itself_matches_its_own_activation(minilm, tmp_path):
     (cell,) = res["cells"]
     assert cell["status"] == "ok", cell["reason"]
     assert cell["match_r2"] > 0.999 and cell["match_mse"] < 1e-3
-    assert cell["receiver_accuracy"] == pytest.approx(record["test_accuracy"], abs=1e-6)
+    assert cell["receiver_accuracy"] == pytest.approx(record["test_accuracy"], abs=1e-5)
     assert cell["receiver_accuracy"] > 2 * CHANCE
     assert abs(cell["penalty"]) <= 0.02
 
@@ -120,7 +120,7 @@ def test_a_causal_decoder_as_receiver(trained, tmp_path):
     res = matrix(sender, receiver, ["encoder.layer.1"], ["drop", "h.0"], "task", tmp_path)
     for c in res["cells"]:
         assert c["status"] == "ok", c["reason"]
-        assert c["receiver_accuracy"] == pytest.approx(record["test_accuracy"], abs=1e-6)
+        assert c["receiver_accuracy"] == pytest.approx(record["test_accuracy"], abs=1e-5)
         assert c["stitched_accuracy"] > CHANCE
 
 

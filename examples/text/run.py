@@ -17,7 +17,7 @@ then reaches through it). Every stitch is ``token_linear`` (one linear map per t
 for all tokens), least-squares initialised, then trained a fixed number of epochs.
 
     .venv/bin/python examples/text/run.py --threads 1     # the run on docs/results/text.md
-    .venv/bin/python examples/text/run.py --mini          # miniature mode (CI), < 1 min
+    .venv/bin/python examples/text/run.py --mini          # miniature mode (tiny subsets)
 """
 
 from __future__ import annotations
