@@ -342,6 +342,8 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(r)
         print(f"size {n}: {r['wall_s']:.0f} s, peak RSS {r['rss_mib']:.0f} MiB, tree "
               f"{r['tree_mib']:.0f} MiB", file=sys.stderr, flush=True)  # fmt: skip
+        if args.json:  # so far, in case the run is stopped
+            Path(args.json).write_text(json.dumps({"header": header, "rows": rows, "floor": floor}))
     header.append(f"load after: {_load()}")
     text = "\n".join(header) + "\n\n" + report(rows, floor, args)
     print(text)

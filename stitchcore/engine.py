@@ -50,9 +50,9 @@ from .stitching import (
 )
 from .trainer import (
     Member,
-    chance_warning,
     evaluate_members,
     gaussian_of,
+    measurement_warning,
     new_diagnostics,
     train_members,
 )
@@ -483,7 +483,7 @@ class Engine:
                 cell.update(epochs=0, stop="closed-form", converged=None)
             if diag is not None:
                 cell.update(diag[id(m)].result())
-            warn = chance_warning(sa, self.num_classes, m)
+            warn = measurement_warning(sa, self.num_classes, m)
             if warn:
                 cell["warning"] = warn
 

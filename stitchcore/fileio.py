@@ -35,7 +35,7 @@ class DamagedFileError(ValueError):
     """A file that exists but cannot be read as what it should be (truncated, empty, foreign)."""
 
     def __init__(self, path: Path, why: str) -> None:
-        self.path = Path(path)
+        self.path, self.why = Path(path), why
         super().__init__(f"{path} is damaged ({why})")
 
 

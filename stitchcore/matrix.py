@@ -254,7 +254,11 @@ class Matrix:
 
     def run(self, engine: Engine) -> None:
         """Compute this process's pending groups. A group claimed by another live process is
-        left to it; at the end, those are waited for and taken over if their holder died."""
+        left to it; at the end, those are waited for and taken over if their holder died. A
+        missing or damaged baseline of this process's variants is recomputed."""
+        for variant in dict.fromkeys(v for v, _ in self.groups()):
+            if self.results.read_baseline(variant) is None:
+                self.baseline(engine, variant)
         deferred = []
         for variant, j in self.pending():
             claim = self.results.claim(variant, j)

@@ -51,6 +51,7 @@ __all__ = [
     "cka_grid",
     "convergence_label",
     "family_tags",
+    "headline_metric",
     "metric_grid",
     "metric_scale",
     "plot_matrix",
@@ -495,15 +496,28 @@ def _footnote(tags: dict[str, str], cells: list[dict], chars: int) -> str:
     return _wrap("   ·   ".join(parts), chars)
 
 
-def plot_matrix(
-    results: dict, path: str | os.PathLike | None, metric: str = "stitched_accuracy"
-) -> Figure:
+def headline_metric(results: dict) -> str:
+    """What a matrix is drawn as by default: stitched accuracy, or the matching R² where no
+    cell records an accuracy (a ``match`` objective into a receiver without a classifier)."""
+    ok = [c for c in results["cells"] if c.get("status", "ok") == "ok"]
+
+    def recorded(metric: str) -> bool:
+        return any(isinstance(c.get(metric), int | float) for c in ok)
+
+    if ok and not recorded("stitched_accuracy") and recorded("match_r2"):
+        return "match_r2"
+    return "stitched_accuracy"
+
+
+def plot_matrix(results: dict, path: str | os.PathLike | None, metric: str | None = None) -> Figure:
     """Draw the stitching matrix heatmaps to ``path`` (its suffix picks the format: .png, .svg,
     .pdf, …) and return the figure. ``path=None`` only builds the figure. Cells show ``metric``:
-    any numeric cell field (``stitched_accuracy``, ``penalty``, a diagnostic, ...). Bad results,
-    a metric no cell records and an unwritable ``path`` raise StitchError before drawing."""
+    any numeric cell field (``stitched_accuracy``, ``penalty``, a diagnostic, ...; None: the
+    :func:`headline_metric`). Bad results, a metric no cell records and an unwritable ``path``
+    raise StitchError before drawing."""
     check_results(results)
     fmt = None if path is None else check_output(path)
+    metric = metric or headline_metric(results)
     _check_metric(results, metric)
     sender_cuts, receiver_cuts = results["cuts"]["sender"], results["cuts"]["receiver"]
     n_a, n_b = len(sender_cuts), len(receiver_cuts)

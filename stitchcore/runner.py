@@ -22,9 +22,11 @@ from typing import Any
 
 from .basemodels import prepare_models
 from .cache import DEFAULT_BUDGET, spill_directory, sweep_spill
+from .cuts import Cutter, model_hints
 from .datasets import DataOptions, DataSplits, data_notes, load_data
 from .engine import ActivationCache, Engine, RunData, Side
 from .errors import StitchError
+from .loader import ReadOptions, raw_batches
 from .matrix import Matrix, MatrixConfig
 from .results import ResultsDir, assemble, provenance
 from .runtime import Runtime, make_runtime
@@ -114,8 +116,9 @@ def run_matrix(
     progress.
     """
     start = time.perf_counter()
-    if cache_gb < 0 or (disk_cache_gb is not None and disk_cache_gb < 0):
-        raise StitchError("--cache-gb must be ≥ 0")
+    for value in (cache_gb, disk_cache_gb):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise StitchError(f"--cache-gb and --disk-cache-gb must be finite and ≥ 0, got {value}")
     if base_epochs < 1:
         raise StitchError(f"--base-epochs must be ≥ 1, got {base_epochs}")
     dist = Distributed()
@@ -152,13 +155,37 @@ def run_matrix(
     models = prepare_models(sender_obj, receiver_obj, cfg.data if isinstance(cfg.data, str) else splits.name,
                             splits, base_epochs, say, input_size=cfg.input_size,
                             train_size=cfg.train_size, data_seed=cfg.stitch.seed, barrier=dist)  # fmt: skip
-    sides = {role: Side.of(getattr(models, role)) for role in ("sender", "receiver")}
+    example = _first_inputs(splits) if ready else None
+    sides = {
+        role: Side.of(model, example if _bare(model) else None)
+        for role, model in (("sender", models.sender), ("receiver", models.receiver))
+    }
     for side in sides.values():
         side.cutter.fast_layout().to(runtime.device)  # the engine's cut modules, fast, there
     rd = ResultsDir(out or default_out(cfg.sender, cfg.receiver, cfg.data), say)
     matrix = Matrix(
         cfg, rd, sides, shard=shard, log=say, on_cell=on_cell, device=runtime.device
     )  # validates cuts
+
+    # ---- how it computes, checked before anything is written: the validation slice (in
+    # Engine), and that each model reads the data (one batch: text into an image model, an
+    # unreadable image file)
+    run_data = RunData.for_models(splits, list(sides.values()), runtime, workers, ready=ready)
+    cache = ActivationCache(
+        runtime,
+        memory_budget=int(cache_gb * 2**30),
+        disk_budget=int((disk_cache_gb if disk_cache_gb is not None else _free_disk_gb(rd.path) * 0.5) * 2**30),
+        spill_dir=spill_directory(rd.path),
+        fp16=cfg.fp16,
+        mode=cache_mode,
+    )  # fmt: skip
+    engine = Engine(run_data, cfg.stitch, runtime, cache, cka_samples=cfg.cka_samples,
+                    diagnostics=cfg.diagnostics, log=say, on_step=on_step, on_pass=on_pass)  # fmt: skip
+    import torch
+
+    first = next(iter(engine.raw("train", torch.arange(min(2, len(splits.train_y))), 2)))
+    for side in sides.values():
+        side.view(first.inputs, run_data.ready, runtime)
 
     # ---- the results directory
     if lead:
@@ -179,15 +206,6 @@ def run_matrix(
         on_start(todo, resumed)
 
     # ---- compute
-    run_data = RunData.for_models(splits, list(sides.values()), runtime, workers, ready=ready)
-    cache = ActivationCache(
-        runtime,
-        memory_budget=int(cache_gb * 2**30),
-        disk_budget=int((disk_cache_gb if disk_cache_gb is not None else _free_disk_gb(rd.path) * 0.5) * 2**30),
-        spill_dir=spill_directory(rd.path),
-        fp16=cfg.fp16,
-        mode=cache_mode,
-    )  # fmt: skip
     needed = matrix.needed_sender_cuts(pending)
     per_sample = sum(
         math.prod(matrix.sender_cuts[i].spec.shape) * 4 for cuts in needed.values() for i in cuts
@@ -195,8 +213,6 @@ def run_matrix(
     n_samples = len(splits.train_y) + len(splits.test_y)
     if pending:
         cache.plan(per_sample, n_samples, say)
-    engine = Engine(run_data, cfg.stitch, runtime, cache, cka_samples=cfg.cka_samples,
-                    diagnostics=cfg.diagnostics, log=say, on_step=on_step, on_pass=on_pass)  # fmt: skip
     t_cells = time.perf_counter()
     try:
         matrix.run(engine)
@@ -235,6 +251,22 @@ def _data_json(cfg: MatrixConfig, splits: DataSplits) -> dict:
         "kind": splits.kind,
         **({"test_split": splits.meta["test_split"]} if splits.meta.get("test_split") else {}),
     }
+
+
+def _bare(model: Any) -> bool:
+    """A module nothing describes the input of (no LoadedModel, no plugin's hints): it is
+    traced on the run's own model-ready data."""
+    return not isinstance(model, Cutter) and model_hints(model).input is None
+
+
+def _first_inputs(splits: DataSplits):
+    """The first two training inputs of model-ready data, as a batch."""
+    import torch
+
+    n = min(2, len(splits.train_y))
+    batch = next(iter(raw_batches(splits.train_x, splits.train_y, torch.arange(n), n,
+                                  ReadOptions(ready=True))))  # fmt: skip
+    return batch.inputs
 
 
 def _free_disk_gb(path: Path) -> float:

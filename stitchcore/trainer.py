@@ -27,6 +27,7 @@ its random init and learns from scratch (``from_scratch``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -55,6 +56,8 @@ __all__ = ["Batch", "Feed", "Member", "evaluate_members", "frozen_weights", "tra
 MIN_IMPROVEMENT = 1e-2
 #: Accuracy this close to chance (1 / classes) counts as "at chance" for the warning.
 CHANCE_MARGIN = 0.02
+#: A final training loss this many times the chance level (ln classes): training diverged.
+ABSURD_LOSS = 10.0
 
 
 @dataclass
@@ -396,11 +399,29 @@ def new_diagnostics(members: list[Member], layout: str, gauss: GaussianFit | Non
     return {id(m): CellDiagnostics(layout, gauss) for m in members if m.failed is None}
 
 
-def chance_warning(acc: float | None, num_classes: int, m: Member) -> str | None:
-    """A warning for a stitch that ended at or below chance with a rising loss (e.g. an absurd
-    learning rate): recorded, since such a number looks like a measurement and is not."""
+def measurement_warning(acc: float | None, num_classes: int, m: Member) -> str | None:
+    """A warning for a stitch whose number looks like a measurement and is not: its training
+    diverged (final training loss over ``ABSURD_LOSS`` × the chance level ln C, e.g. an absurd
+    learning rate), or it ended at or below chance while its training loss rose."""
     if acc is None or m.failed or not m.train_curve:
         return None
+    chance_loss = math.log(max(2, num_classes))
+    if m.train_curve[-1] > ABSURD_LOSS * chance_loss:
+        return (
+            f"training diverged (final training loss {m.train_curve[-1]:.3g}, chance level "
+            f"{chance_loss:.2f}): not a measurement"
+        )
     if acc <= 1.0 / max(1, num_classes) + CHANCE_MARGIN and m.loss_rose:
         return "ended at or below chance while its training loss rose: not a measurement"
+    return None
+    if acc > 1.0 / max(1, num_classes) + CHANCE_MARGIN:
+        return None
+    if m.loss_rose:
+        return "ended at or below chance while its training loss rose: not a measurement"
+    chance_loss = math.log(max(2, num_classes))
+    if m.train_curve[-1] > ABSURD_LOSS * chance_loss:
+        return (
+            f"ended at or below chance with a training loss of {m.train_curve[-1]:.3g} (chance "
+            f"level {chance_loss:.2f}): not a measurement"
+        )
     return None

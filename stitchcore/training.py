@@ -304,6 +304,16 @@ class TrainConfig:
     recalibrate_bn: bool = True
     progress: bool | None = None  # None: a bar only when stderr is a terminal
 
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise StitchError(f"unknown optimizer {self.optimizer!r}; expected adam or sgd")
+        if self.epochs < 1:
+            raise StitchError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise StitchError(f"--lr must be a positive finite number, got {self.lr}")
+        if self.batch_size is not None and self.batch_size < 2:
+            raise StitchError(f"--batch-size must be ≥ 2, got {self.batch_size}")
+
     def resolved_batch_size(self, n: int) -> int:
         if self.batch_size:
             return self.batch_size
@@ -416,10 +426,6 @@ def train_classifier(
     spec = model_input(spec)
     runtime = spec.runtime
     log = log or (lambda _msg: None)
-    if config.optimizer not in OPTIMIZERS:
-        raise StitchError(f"unknown optimizer {config.optimizer!r}; expected adam or sgd")
-    if config.epochs < 1:
-        raise StitchError(f"--epochs must be at least 1, got {config.epochs}")
     n = len(data.train_y)
     bs = config.resolved_batch_size(n)
     lr = config.lr or ((3e-4 if pretrained else 1e-3) if config.optimizer == "adam" else 0.05)

@@ -33,7 +33,9 @@ def describe_model(model: Any) -> Any:
         return spec
     module = getattr(model, "module", model)
     if not isinstance(module, nn.Module):
-        raise StitchError(f"a model must be a spec string or an nn.Module, not {type(model).__name__}")
+        raise StitchError(
+            f"a model must be a spec string or an nn.Module, not {type(model).__name__}"
+        )
     h = hashlib.sha256()
     for name, t in sorted(module.state_dict().items()):
         h.update(name.encode())
@@ -82,8 +84,10 @@ def as_splits(data: Any, num_classes: int | None = None) -> tuple[DataSplits, bo
 
 
 def _split(source: Any, name: str) -> tuple[Any, torch.Tensor]:
-    if isinstance(source, (tuple, list)) and len(source) == 2 and all(
-        isinstance(t, torch.Tensor) for t in source
+    if (
+        isinstance(source, (tuple, list))
+        and len(source) == 2
+        and all(isinstance(t, torch.Tensor) for t in source)
     ):
         x, y = source
         return x, _labels(y, name)
@@ -147,4 +151,3 @@ class _Inputs(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> Any:
         return _item(self.dataset[i], "data")[0]
-

@@ -33,7 +33,7 @@ import torch
 
 from .datasets import DataOptions, DataSplits, default_coarse, load_data
 from .errors import StitchError, UnknownNameError
-from .fileio import atomic_write
+from .fileio import DamagedFileError, atomic_write, read_json
 from .provenance import versions
 from .runtime import PRECISIONS, make_runtime
 from .sources import LoadedModel, build_model, parse_spec
@@ -96,6 +96,9 @@ class TrainRequest:
     seq_len: int | None = None
     precision: str = "fp32"
     test_size: int | None = None
+
+    def __post_init__(self) -> None:  # the training options, refused as TrainConfig refuses them
+        TrainConfig(self.epochs, self.batch_size, self.lr, self.optimizer, self.seed)
 
     def resolved(self) -> TrainRequest:
         """The request with ``head`` and the model's weights made explicit."""
@@ -441,19 +444,35 @@ def save_entry(directory: Path, name: str, module: torch.nn.Module, record: dict
 
 
 def list_entries(zoo: str | Path | None = None) -> list[dict]:
-    """Records of every complete entry, sorted by name (unreadable records are skipped)."""
+    """Records of every complete entry, sorted by name (:func:`damaged_entries` names the
+    records that cannot be read)."""
+    return _scan(zoo)[0]
+
+
+def damaged_entries(zoo: str | Path | None = None) -> list[tuple[Path, str]]:
+    """Each record file of the zoo that cannot be used, with why."""
+    return _scan(zoo)[1]
+
+
+def _scan(zoo: str | Path | None) -> tuple[list[dict], list[tuple[Path, str]]]:
     directory = zoo_dir(zoo)
+    records: list[dict] = []
+    damaged: list[tuple[Path, str]] = []
     if not directory.is_dir():
-        return []
-    records = []
+        return records, damaged
     for path in sorted(directory.glob("*.json")):
         try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+            record = read_json(path)
+        except (OSError, DamagedFileError) as exc:
+            damaged.append((path, exc.why if isinstance(exc, DamagedFileError) else str(exc)))
             continue
-        if isinstance(record, dict) and (directory / record.get("weights", "")).is_file():
+        if not isinstance(record, dict) or "name" not in record:
+            damaged.append((path, "not a zoo record"))
+        elif not (directory / record.get("weights", "")).is_file():
+            damaged.append((path, f"its weights file {record.get('weights')!r} is missing"))
+        else:
             records.append(record)
-    return records
+    return records, damaged
 
 
 def read_record(name: str, zoo: str | Path | None = None) -> tuple[dict, Path]:
@@ -563,6 +582,7 @@ def _loaded(
 __all__ = [
     "ENV_ZOO",
     "TrainRequest",
+    "damaged_entries",
     "default_input_size",
     "ensure_trained",
     "list_entries",

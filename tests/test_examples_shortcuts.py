@@ -6,6 +6,8 @@ docs/results/shortcuts.md does."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -85,6 +87,25 @@ def test_mini_series_have_one_row_per_stitch_point(mini):
     for row in result["comparison"]:
         assert 0 <= row["ours"] <= 1
         assert row["paper"] is None or 0 <= row["paper"] <= 1
+
+
+def test_a_rerun_reuses_finished_stitches(mini, tmp_path):
+    """Every finished stitch is saved; a rerun of the same configuration (e.g. after a kill)
+    trains none again but the one whose save was damaged, and gives the same series."""
+    study, out, zoo, first = mini
+    rerun_out = tmp_path / "rerun"
+    shutil.copytree(out, rerun_out)
+    saved = sorted((rerun_out / "stitches").glob("*.json"))
+    assert len(saved) >= sum(len(s["rows"]) for s in first["series"])
+    saved[0].write_text(saved[0].read_text()[:20])  # what a kill mid-write could leave
+    again = study.main(["--mini", "--out", str(rerun_out), "--zoo", str(zoo)])
+
+    def numbers(series):  # all but the timings
+        text = json.dumps(series)
+        return json.loads(re.sub(r'"seconds": [0-9.e+-]+', '"seconds": 0', text))
+
+    assert numbers(again["series"]) == numbers(first["series"])
+    assert again["timings"]["stitches_s"] < first["timings"]["stitches_s"] / 3
 
 
 def test_paired_rows_hand_each_model_its_own_part(study):

@@ -129,8 +129,15 @@ PAIR_IDS = [f"{f}-{s}-{r}" for s, r, f in FAMILY_PAIRS]
 def test_plugin_registers_the_standard_families():
     report = {row["name"]: row for row in plugins.plugin_report()}
     assert report["families"]["families"] == sorted(
-        ["conv1x1", "strided_conv", "subpixel_conv", "upsample_conv", "token_linear", "linear",
-         "permutation"]  # fmt: skip
+        [
+            "conv1x1",
+            "strided_conv",
+            "subpixel_conv",
+            "upsample_conv",
+            "token_linear",
+            "linear",
+            "permutation",
+        ]  # fmt: skip
     )
     fams = plugins.families()
     assert fams["permutation"].trainable is False

@@ -6,8 +6,7 @@ plain ``nn.Module``s and your own data, and the cases that once went wrong.
 - a receiver with several outputs is trained through its logits, never through its features,
   and an output the engine cannot read is refused with a one-line message;
 - models of two inputs, positional or a dict, fed by a Dataset of ``((x, extra), label)`` items;
-- the cases the engine still refuses are kept as strict xfails naming the change they need,
-  so they turn red (and are promoted to plain tests) the day it lands.
+- a bare module that nothing describes goes through ``run_matrix`` traced on its own data.
 """
 
 from __future__ import annotations
@@ -244,14 +243,7 @@ def test_a_model_of_two_inputs_fed_by_a_dataset(two_inputs, as_dict):
     assert result.metrics["stitched_accuracy"] > 0.9
 
 
-# ----------------------------------------------------------------------------- still refused
-@pytest.mark.xfail(
-    strict=True,
-    raises=StitchError,
-    reason="runner: a bare nn.Module without an input spec cannot be traced ('cannot tell the "
-    "input shape'); run_matrix could take the example from model-ready data (its first two "
-    "training samples), as a Cutter(model, x[:2]) does today. Reported.",
-)
+# ------------------------------------------------------------------- a bare module in a matrix
 def test_run_matrix_takes_a_bare_module_with_its_own_data(sender, tmp_path):
     train, test = _task()
     cfg = MatrixConfig(sender=sender, receiver=sender, data=(train, test), sender_cuts=["a"],

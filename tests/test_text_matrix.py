@@ -157,12 +157,6 @@ def test_stitch_pair_cli_from_minilm(local_dirs):
     assert torch.isfinite(torch.tensor(metrics["match_mse"]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="results.assemble draws the heatmap of stitched_accuracy, which a match-objective "
-    "matrix into a bare encoder never records (plot: 'no cell of this matrix records "
-    "stitched_accuracy'); it should draw match_r2 there. Reported to the lead.",
-)
 def test_match_matrix_between_bare_encoders(local_dirs, tmp_path):
     args = [*_bare_encoders(local_dirs), "--objective", "match", "--out", str(tmp_path)]
     result = CliRunner().invoke(cli, args)

@@ -47,6 +47,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from stitchcore.fileio import DamagedFileError, read_json, write_json
+
 STUDY = "shortcuts"
 MODEL = "timm:resnet18@random"
 INPUT_SIZE = 32
@@ -416,6 +418,12 @@ class Study:
         }
         per_seed = []
         for seed in p["stitch_seeds"]:
+            saved = self.out / "stitches" / f"{sender}__{receiver}__{k}__seed{seed}.json"
+            key = self._stitch_key(sender, receiver, k, seed)
+            done = _read_json(saved)
+            if done is not None and done.get("key") == key:
+                per_seed.append(done["record"])  # finished by an earlier, interrupted run
+                continue
             start = time.perf_counter()
             result = stitchcore.stitch(
                 s_cutter, "acts", self.receiver_cutter(receiver), f"model.{cut_name}",
@@ -427,26 +435,30 @@ class Study:
             seconds = time.perf_counter() - start
             self.timings["stitches_s"] += seconds
             m = result.metrics
-            per_seed.append({
+            record = {
                 "seed": seed, "stitched_accuracy": m["stitched_accuracy"],
-                **{key: m.get(key) for key in STITCH_METRICS},
-                **{key: ev[key] for key in RANKS}, "seconds": round(seconds, 2),
-            })  # fmt: skip
+                **{key: m.get(key) for key in STITCH_METRICS}, **ev, "family": result.family,
+                "seconds": round(seconds, 2),
+            }  # fmt: skip
+            del record["accuracy"]  # evaluate()'s own count: the engine's is stitched_accuracy
+            per_seed.append(record)
+            write_json(saved, {"key": key, "record": record})
             self.log(
                 f"  {sender} → {receiver} at {layer}, seed {seed}: "
                 f"{100 * m['stitched_accuracy']:.1f} % after {m.get('epochs')} epoch(s) "
                 f"({m.get('stop')}), ranks {ev['rank_input']} in / {ev['rank_output']} out, "
                 f"OOD {_f(m.get('ood_score'))}, match R² {_f(m.get('match_r2'))} ({seconds:.0f} s)"
             )
+        first = per_seed[0]
         row = {
             "layer": layer,
             "receiver_cut": cut_name,
-            "family": result.family,
+            "family": first["family"],
             "sender_shape": list(train[0].shape[1:]),
             "receiver_shape": list(r_cut.spec.shape),
-            "first_layer": ev["first_layer"],
-            "rank_input_cap": ev["rank_input_cap"],
-            "rank_output_cap": ev["rank_output_cap"],
+            "first_layer": first["first_layer"],
+            "rank_input_cap": first["rank_input_cap"],
+            "rank_output_cap": first["rank_output_cap"],
             "seeds": per_seed,
         }
         for key in ("stitched_accuracy", *STITCH_METRICS, *RANKS):
@@ -456,6 +468,15 @@ class Study:
                 row[f"{key}_sd"] = _sd(values)
         row["converged"] = all(s["converged"] for s in per_seed)  # fixed epochs: None, False
         return row
+
+    def _stitch_key(self, sender: str, receiver: str, k: int, seed: int) -> str:
+        """What a stitch's numbers depend on: the run's parameters, both base models (their zoo
+        records) and the stitch point and seed. A saved stitch of the same key is reused."""
+        import hashlib
+
+        models = {v: self.models[v].spec for v in (sender, receiver) if v in self.models}
+        text = json.dumps([self.p, models, sender, receiver, k, seed], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def series(self, sender: str, receiver: str, acts: dict, inputs: dict, data) -> list[dict]:
         """One stitch per stitch point from precomputed sender activations on ``data``, with
@@ -579,6 +600,14 @@ class Study:
             "rank_rtol": RANK_RTOL,
             "timings": {k: round(v, 1) for k, v in self.timings.items()},
         }
+
+
+def _read_json(path: Path) -> dict | None:
+    """A saved stitch, or None when it is missing or was damaged by a kill."""
+    try:
+        return read_json(path)
+    except DamagedFileError:
+        return None
 
 
 #: What each stitch records from ``stitchcore.stitch``'s metrics beside its accuracy: how it

@@ -143,4 +143,5 @@ def pair_command(**opts) -> None:  # fmt: skip
         table.add_row(*row)
     Console().print(table)
 
+
 __all__ = ["pair_command"]

@@ -51,10 +51,10 @@ def read_matrix_json(target: Path) -> tuple[dict, Path]:
 @click.option(
     "--metric",
     type=click.Choice(METRICS),
-    default="stitched_accuracy",
-    show_default=True,
+    default=None,
     help="Cell value to draw; penalty = receiver accuracy - stitched accuracy; agreement, "
-    "match_r2, rank_stitched, rank_receiver, ood_score: the diagnostics (docs/report.md).",
+    "match_r2, rank_stitched, rank_receiver, ood_score: the diagnostics (docs/report.md). "
+    "[default: stitched_accuracy; match_r2 in a matrix that records no accuracy]",
 )
 @click.option(
     "--out",
@@ -63,7 +63,7 @@ def read_matrix_json(target: Path) -> tuple[dict, Path]:
     help=f"Image file to write ({', '.join('.' + f for f in IMAGE_FORMATS)}). "
     "[default: DIR/heatmap.png]",
 )
-def plot_command(directory: Path, metric: str, out: Path | None) -> None:
+def plot_command(directory: Path, metric: str | None, out: Path | None) -> None:
     """Redraw the heatmap (and matrix.csv) of the stitching matrix in DIR from DIR/matrix.json.
 
     \b

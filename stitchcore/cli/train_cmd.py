@@ -12,7 +12,7 @@ from rich.table import Table
 from ..errors import StitchError
 from ..runtime import DEVICES, PRECISIONS
 from ..training import HEADS, OPTIMIZERS
-from ..zoo import ensure_trained, list_entries, zoo_dir
+from ..zoo import damaged_entries, ensure_trained, list_entries, zoo_dir
 from .main import cli
 
 __all__ = ["train_command", "zoo_command"]
@@ -132,11 +132,21 @@ def zoo_command(zoo: str | None, as_json: bool) -> None:
     """
     if zoo and not zoo_dir(zoo).is_dir():
         raise StitchError(f"--zoo {zoo}: no such directory (`stitch train --zoo DIR` creates one)")
-    records = list_entries(zoo)
+    records, damaged = list_entries(zoo), damaged_entries(zoo)
+    if records or not damaged or as_json:
+        _list_zoo(records, zoo_dir(zoo), as_json)
+    if damaged:  # after the listing: the good entries stay usable
+        (path, why), more = damaged[0], len(damaged) - 1
+        raise StitchError(
+            f"zoo record {path} is damaged ({why}){f' and {more} more' if more else ''}: "
+            "delete it, or retrain it with `stitch train`"
+        )
+
+
+def _list_zoo(records: list[dict], directory, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(records, indent=2))
         return
-    directory = zoo_dir(zoo)
     if not records:
         _log(f"the zoo {directory} is empty; `stitch train MODEL --data D` adds models")
         return
