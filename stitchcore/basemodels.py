@@ -58,7 +58,8 @@ def base_model(
         except UnknownNameError:
             raise
         except StitchError as exc:  # offline and not cached, or no pretrained weights at all
-            needs_training, why = True, str(exc)
+            # the cause without the model's name or the source's advice (training is the answer)
+            needs_training, why = True, str(exc).removeprefix(f"{spec}: ").split("; ")[0]
             to_train = f"{spec}@random"
         else:  # pretrained weights with a classifier for another task: fine-tune them
             to_train = f"{spec}@pretrained"

@@ -267,8 +267,8 @@ def adapt(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     if tuple(x.shape[2:]) != (want_h, want_w):
         x = F.interpolate(x, size=(want_h, want_w), mode="bilinear", align_corners=False)
     if spec.mean is not None and spec.std is not None:
-        mean = torch.tensor(spec.mean, dtype=x.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(spec.std, dtype=x.dtype).view(1, -1, 1, 1)
+        mean = torch.tensor(spec.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(spec.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         x = (x - mean) / std
     return x.contiguous()
 

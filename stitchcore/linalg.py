@@ -93,11 +93,11 @@ class LeastSquares:
             x, y = torch.cat([k[0] for k in kept]), torch.cat([k[1] for k in kept])
         if self._sxx is None:
             d_in, d_out = x.shape[1], y.shape[1]
-            f64 = torch.float64
-            self._sx = torch.zeros(d_in, dtype=f64)
-            self._sy = torch.zeros(d_out, dtype=f64)
-            self._sxx = torch.zeros(d_in, d_in, dtype=f64)
-            self._sxy = torch.zeros(d_in, d_out, dtype=f64)
+            f64, dev = torch.float64, x.device
+            self._sx = torch.zeros(d_in, dtype=f64, device=dev)
+            self._sy = torch.zeros(d_out, dtype=f64, device=dev)
+            self._sxx = torch.zeros(d_in, d_in, dtype=f64, device=dev)
+            self._sxy = torch.zeros(d_in, d_out, dtype=f64, device=dev)
         self._sx += x.sum(0, dtype=torch.float64)
         self._sy += y.sum(0, dtype=torch.float64)
         self._sxx += (x.T @ x).to(torch.float64)
@@ -124,7 +124,7 @@ class LeastSquares:
         cov_xx = (cov_xx + cov_xx.T) / 2
         d = cov_xx.shape[0]
         scale = float(cov_xx.diagonal().mean().clamp_min(torch.finfo(torch.float64).tiny))
-        eye = torch.eye(d, dtype=torch.float64)
+        eye = torch.eye(d, dtype=torch.float64, device=cov_xx.device)
         alpha = float(ridge) * scale
         floor = scale / max_condition
         if alpha < floor and not _well_conditioned(cov_xx + alpha * eye, scale, max_condition):
@@ -150,7 +150,7 @@ class LeastSquares:
         x, y = (x.to(f64) - mx).to(x.dtype), y - my
         scale = max(float(x.pow(2).sum(dtype=f64)) / (n * d), torch.finfo(f64).tiny)
         alpha = max(float(ridge) * scale, scale / max_condition)
-        gram = (x @ x.T).to(f64) / n + alpha * torch.eye(n, dtype=f64)
+        gram = (x @ x.T).to(f64) / n + alpha * torch.eye(n, dtype=f64, device=x.device)
         dual = _spd_solve(gram, y / n).to(x.dtype)
         weight = (x.T @ dual).to(f64).T.contiguous()  # (d_out, d_in)
         mean_x, mean_y = mx + self._shift_x, my + self._shift_y

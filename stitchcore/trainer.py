@@ -12,7 +12,8 @@ Two ways to decide how long (``StitchConfig.epochs``):
 - ``epochs=None`` (the default): *until converged*. A slice of the training split is held out
   for validation (never the test split); after each epoch the member's validation loss is
   measured. An epoch *improves* when the validation accuracy rises above the best so far, or
-  equals it with a validation loss at least 1 % lower (for ``match``: the loss alone). An epoch
+  equals it with a validation loss at least 1 % and 0.01 nats lower (for ``match``: the MSE
+  alone, 1 % lower). An epoch
   that does not improve halves the member's learning rate, and ``patience`` such epochs in a row
   end it (``stop="plateau"``), with the weights of its best validation epoch restored; ``max_epochs`` caps it (``stop="cap"``,
   ``converged=False``). A member that stopped leaves the group's batch, so the remaining
@@ -50,10 +51,21 @@ from .stitching import (
     starts_solved,
 )
 
-__all__ = ["Batch", "Feed", "Member", "evaluate_members", "frozen_weights", "train_members"]
+__all__ = [
+    "Batch",
+    "Feed",
+    "Member",
+    "evaluate_members",
+    "frozen_weights",
+    "improves",
+    "train_members",
+]
 
 #: Relative drop of the validation loss that counts as progress at equal validation accuracy.
 MIN_IMPROVEMENT = 1e-2
+#: ... and the least absolute drop of a cross-entropy there, in nats per sample: below it, at an
+#: accuracy that no longer moves, only the confidence of predictions already right grows.
+MIN_LOSS_DROP = 1e-2
 #: Accuracy this close to chance (1 / classes) counts as "at chance" for the warning.
 CHANCE_MARGIN = 0.02
 #: A final training loss this many times the chance level (ln classes): training diverged.
@@ -269,7 +281,7 @@ def train_members(
                 m.val_curve.append(acc if acc is not None else -loss)
                 prev = best.get(id(m))
                 score = acc if acc is not None else -float("inf")
-                if prev is None or _improves(score, loss, prev[0], prev[1]):
+                if prev is None or improves(score, loss, prev[0], prev[1], acc is not None):
                     best[id(m)] = (score, loss, _state(m.module))
                     bad[id(m)] = 0
                 elif m.epochs >= min_epochs[id(m)]:
@@ -292,10 +304,13 @@ def train_members(
         m.loss_rose = len(m.train_curve) > 1 and m.train_curve[-1] > m.train_curve[0]
 
 
-def _improves(acc: float, loss: float, best_acc: float, best_loss: float) -> bool:
+def improves(acc: float, loss: float, best_acc: float, best_loss: float, nats: bool) -> bool:
+    """Progress: a higher validation accuracy, or the same one with a loss at least 1 % lower
+    (and, for a cross-entropy — ``nats`` — at least ``MIN_LOSS_DROP`` lower)."""
     if acc > best_acc:
         return True
-    return acc == best_acc and loss < best_loss - MIN_IMPROVEMENT * abs(best_loss)
+    drop = max(MIN_IMPROVEMENT * abs(best_loss), MIN_LOSS_DROP if nats else 0.0)
+    return acc == best_acc and loss < best_loss - drop
 
 
 def _state(module: nn.Module) -> dict:

@@ -626,3 +626,25 @@ def test_subpixel_conv_recovers_a_per_sub_position_map_that_upsample_conv_cannot
         assert float((blocky(x) - y).abs().mean()) > 0.3 * scale
         fitted.train()  # the closed form holds in train mode too (BatchNorm set to the data)
         assert float((fitted(x) - y).abs().max()) < 1e-2 * scale
+
+
+@pytest.mark.parametrize("size, kernel", [((1, 1), (1, 1)), ((2, 2), (3, 3)), ((1, 4), (1, 3))])
+def test_subpixel_conv_leaves_out_taps_that_only_see_padding(size, kernel):
+    """A 3×3 tap further from the centre than the sender's map is wide multiplies only zero
+    padding: the kernel is cut to the map (layer4 → act1 of a ResNet at 32 px: 512×1×1 →
+    64×16×16 holds 8 M weights instead of 75 M), and the closed form is the same function."""
+    from stitchcore.plugins import get_family
+    from stitchcore.spec import ActivationSpec
+
+    s, r = ActivationSpec((5, *size), "nchw"), ActivationSpec((3, 4 * size[0], 4 * size[1]), "nchw")
+    family = get_family("subpixel_conv")
+    assert family.build(s, r).conv.kernel_size == kernel
+    stitch = family.build(s, r, batchnorm=False)  # zero padding means the same with and without
+    torch.manual_seed(0)
+    x = torch.randn(300, *s.shape)
+    full = torch.nn.Conv2d(5, 3 * 16, 3, padding=1)  # every tap of a 3×3 kernel, then ×4 shuffle
+    with torch.no_grad():
+        y = torch.nn.functional.pixel_shuffle(full(x), 4)
+        family.init(stitch, x, y)
+        stitch.eval()
+        assert float((stitch(x) - y).abs().max()) < 1e-2 * float(y.abs().mean())

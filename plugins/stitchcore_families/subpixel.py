@@ -34,7 +34,8 @@ __all__ = ["SubpixelConvFamily", "SubpixelStitch"]
 
 
 class SubpixelStitch(SandwichFit, nn.Module):
-    """``bn_in → conv(kernel, same padding) → bn_out → k_h×k_w rearrangement``."""
+    """``bn_in → conv(kernel, same padding) → bn_out → k_h×k_w rearrangement``. The kernel is
+    at most as wide as the sender's map reaches (2·H−1 × 2·W−1)."""
 
     def __init__(
         self,
@@ -47,12 +48,17 @@ class SubpixelStitch(SandwichFit, nn.Module):
     ) -> None:
         super().__init__()
         self.sender_spec, self.receiver_spec = sender, receiver
-        self.scale, self.kernel, self.ridge = tuple(scale), kernel, ridge
+        self.scale, self.ridge = tuple(scale), ridge
+        # a tap further from the centre than the map is wide only ever sees the zero padding:
+        # leave it out (a 1×1 sender map gets a 1×1 kernel; the same function, 9× fewer weights)
+        h, w = sender.spatial
+        self.kernel = (min(kernel, 2 * h - 1), min(kernel, 2 * w - 1))
+        self.padding = (self.kernel[0] // 2, self.kernel[1] // 2)
         c_in, c_out = sender.channels, receiver.channels
         self.c_out = c_out
         wide = c_out * self.scale[0] * self.scale[1]
         self.bn_in = nn.BatchNorm2d(c_in) if batchnorm else nn.Identity()
-        self.conv = nn.Conv2d(c_in, wide, kernel, padding=kernel // 2, bias=not batchnorm)
+        self.conv = nn.Conv2d(c_in, wide, self.kernel, padding=self.padding, bias=not batchnorm)
         self.bn_out = nn.BatchNorm2d(wide) if batchnorm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -78,7 +84,7 @@ class SubpixelStitch(SandwichFit, nn.Module):
     def _rows(self, x_hat: torch.Tensor) -> torch.Tensor:
         """One row per sender position: its ``kernel``×``kernel`` neighbourhood (zero-padded as
         the conv pads), flattened in the conv weight's (C, kh, kw) order."""
-        cols = F.unfold(x_hat, kernel_size=self.kernel, padding=self.kernel // 2)
+        cols = F.unfold(x_hat, kernel_size=self.kernel, padding=self.padding)
         return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
 
