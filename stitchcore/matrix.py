@@ -25,6 +25,7 @@ from .engine import Engine, GroupResult, Side
 from .errors import StitchError
 from .families import resolve_family
 from .results import ResultsDir
+from .spec import check_input_size
 from .stitching import StitchConfig
 
 __all__ = ["CONTROLS", "Matrix", "MatrixConfig", "Models"]
@@ -60,11 +61,13 @@ class MatrixConfig:
         bad = [c for c in self.controls if c not in CONTROLS]
         if bad:
             raise StitchError(f"unknown control {bad[0]!r}; choose from {', '.join(CONTROLS)}")
+        twice = sorted({c for c in self.controls if self.controls.count(c) > 1})
+        if twice:
+            raise StitchError(f"--controls names {twice[0]!r} twice")
         for label, value in (("--train-size", self.train_size), ("--test-size", self.test_size)):
             if value is not None and value < 1:
                 raise StitchError(f"{label} must be ≥ 1, got {value}")
-        if self.input_size is not None and self.input_size < 8:
-            raise StitchError(f"--input-size must be at least 8, got {self.input_size}")
+        check_input_size(self.input_size)
 
     def to_json(self) -> dict:
         out = asdict(self)

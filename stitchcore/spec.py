@@ -11,11 +11,15 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from .errors import StitchError
+
 __all__ = [
     "LAYOUTS",
+    "MAX_INPUT_SIZE",
     "ActivationSpec",
     "InputSpec",
     "ModelHints",
+    "check_input_size",
     "infer_activation_spec",
     "token_grid",
 ]
@@ -170,3 +174,14 @@ class ModelHints:
     input: InputSpec | None = None
     spatial_layout: str = "nchw"
     prefix_tokens: int = 0
+
+
+#: The largest ``--input-size`` any command takes (4× the largest common ImageNet resolution):
+#: a guard against a typo that would allocate gigabytes per image.
+MAX_INPUT_SIZE = 2048
+
+
+def check_input_size(size: int | None) -> None:
+    """Refuse an ``--input-size`` outside 8..MAX_INPUT_SIZE pixels (None: the default)."""
+    if size is not None and not 8 <= size <= MAX_INPUT_SIZE:
+        raise StitchError(f"--input-size must be in 8..{MAX_INPUT_SIZE} pixels, got {size}")

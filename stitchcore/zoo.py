@@ -37,7 +37,7 @@ from .fileio import DamagedFileError, atomic_write, read_json
 from .provenance import versions
 from .runtime import PRECISIONS, make_runtime
 from .sources import LoadedModel, build_model, parse_spec
-from .spec import InputSpec
+from .spec import InputSpec, check_input_size
 from .training import (
     HEADS,
     ModelInput,
@@ -115,8 +115,7 @@ class TrainRequest:
         for label, value, low in checks:
             if value < low:
                 raise StitchError(f"--{label} must be at least {low}, got {value}")
-        if self.input_size is not None and self.input_size < 8:
-            raise StitchError(f"--input-size must be at least 8, got {self.input_size}")
+        check_input_size(self.input_size)
         if self.seq_len is not None and self.seq_len < 2:
             raise StitchError(f"--seq-len must be at least 2, got {self.seq_len}")
         if self.precision not in PRECISIONS:

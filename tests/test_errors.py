@@ -117,6 +117,8 @@ CASES = [
     Case("test-size-big", "--test-size beyond the test split", M("--test-size", "100000")),
     Case("validation", "too few samples to hold out validation", M("--train-size", "40")),
     Case("input-size", "--input-size too small", M("--input-size", "4")),
+    Case("input-size-big", "--input-size absurdly large", M("--input-size", "99999")),
+    Case("input-size-pair", "--input-size absurdly large (pair)", P("--input-size", "99999")),
     # ---- controls and shards
     Case("control", "unknown control", M("--controls", "random-senders")),
     Case("control-twice", "a control named twice", M("--controls", "random-sender,random-sender")),

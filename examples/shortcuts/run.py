@@ -475,7 +475,8 @@ class Study:
         import hashlib
 
         models = {v: self.models[v].spec for v in (sender, receiver) if v in self.models}
-        text = json.dumps([self.p, models, sender, receiver, k, seed], sort_keys=True)
+        params = {key: v for key, v in self.p.items() if key != "stitch_seeds"}  # one seed's
+        text = json.dumps([params, models, sender, receiver, k, seed], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def series(self, sender: str, receiver: str, acts: dict, inputs: dict, data) -> list[dict]:

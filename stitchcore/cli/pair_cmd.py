@@ -16,6 +16,7 @@ from ..engine import Side
 from ..errors import StitchError
 from ..pair import stitch_sides
 from ..sources import load_model
+from ..spec import check_input_size
 from .main import cli, err_console
 from .options import data_options, device_options, stitch_config, stitch_options
 from .progress import progress_bar
@@ -65,6 +66,7 @@ def pair_command(**opts) -> None:  # fmt: skip
       stitch pair ... --family conv1x1 --init random --epochs 10 --json --save out/stitch
     """
     cfg = stitch_config(opts)
+    check_input_size(opts["input_size"])
     if opts["save_dir"]:
         _check_save_dir(opts["save_dir"])
     splits = load_data(
