@@ -181,11 +181,12 @@ def run_matrix(
     )  # fmt: skip
     engine = Engine(run_data, cfg.stitch, runtime, cache, cka_samples=cfg.cka_samples,
                     diagnostics=cfg.diagnostics, log=say, on_step=on_step, on_pass=on_pass)  # fmt: skip
-    import torch
+    if not ready:  # model-ready data was read already: the bare modules were traced on it
+        import torch
 
-    first = next(iter(engine.raw("train", torch.arange(min(2, len(splits.train_y))), 2)))
-    for side in sides.values():
-        side.view(first.inputs, run_data.ready, runtime)
+        first = next(iter(engine.raw("train", torch.arange(min(2, len(splits.train_y))), 2)))
+        for side in sides.values():
+            side.view(first.inputs, run_data.ready, runtime)
 
     # ---- the results directory
     if lead:
