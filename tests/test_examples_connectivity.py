@@ -6,8 +6,14 @@ from example_studies import load_study
 
 
 def test_connectivity_mini_mode_writes_results_and_figure(tmp_path):
-    result = load_study("connectivity").main(["--mini", "--out", str(tmp_path), "--threads", "1"])
+    argv = ["--mini", "--out", str(tmp_path), "--threads", "1", "--seed", "3"]
+    result = load_study("connectivity").main(argv)
     saved = json.loads((tmp_path / "results.json").read_text())
+    # --seed is the stitches' seed, not the last base model's
+    assert saved["seed"] == 3
+    assert (
+        json.loads((tmp_path / "matrix/config.json").read_text())["config"]["stitch"]["seed"] == 3
+    )
     assert saved["layers"] == result["layers"]
     assert [r["layer"] for r in saved["layers"]] == ["act1", "layer1", "layer2", "layer3", "layer4"]
     for row in saved["layers"]:

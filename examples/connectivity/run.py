@@ -44,9 +44,9 @@ def run(out: Path, zoo: Path, mini: bool, log, seed: int = 0) -> dict:
     p = MINI if mini else FULL
     os.environ["STITCHCORE_ZOO"] = str(zoo)  # zoo:NAME specs below resolve here
     names = []
-    for seed in (0, 1):
+    for base_seed in (0, 1):  # not ``seed``: that is the stitches' seed, used below
         loaded, _ = ensure_trained(
-            f"{MODEL}@random", p["data"], seed=seed, epochs=p["base_epochs"], zoo=zoo,
+            f"{MODEL}@random", p["data"], seed=base_seed, epochs=p["base_epochs"], zoo=zoo,
             train_size=p["train_size"], log=log,
         )  # fmt: skip
         names.append(loaded.spec)
