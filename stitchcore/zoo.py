@@ -98,7 +98,8 @@ class TrainRequest:
     test_size: int | None = None
 
     def __post_init__(self) -> None:  # the training options, refused as TrainConfig refuses them
-        TrainConfig(self.epochs, self.batch_size, self.lr, self.optimizer, self.seed)
+        TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                    optimizer=self.optimizer, seed=self.seed)  # fmt: skip
 
     def resolved(self) -> TrainRequest:
         """The request with ``head`` and the model's weights made explicit."""
