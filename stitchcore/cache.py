@@ -12,12 +12,19 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["DEFAULT_BUDGET", "ActivationStore", "spill_directory", "sweep_spill"]
+__all__ = [
+    "DEFAULT_BUDGET",
+    "ActivationStore",
+    "disk_read_rate",
+    "spill_directory",
+    "sweep_spill",
+]
 
 DEFAULT_BUDGET = int(os.environ.get("STITCHCORE_CACHE_BYTES", 4 * 2**30))
 
@@ -101,6 +108,32 @@ class ActivationStore:
             self.close()
         except Exception:
             pass
+
+
+def disk_read_rate(directory: str | Path, *, size: int = 64 * 2**20, chunk: int = 2**18) -> float:
+    """Bytes per second read back, in shuffled ``chunk``-byte pieces (an epoch's gathers), from
+    a ``size``-byte file written and synced under ``directory``.
+
+    The file's pages are dropped from the page cache first where the OS allows it (Linux's
+    ``posix_fadvise``), so the disk is measured rather than memory; elsewhere the figure can be
+    the page cache's. The file is removed.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    pieces = max(1, size // chunk)
+    block = os.urandom(chunk)
+    with tempfile.NamedTemporaryFile(prefix="probe-", suffix=".bin", dir=directory) as f:
+        for _ in range(pieces):
+            f.write(block)
+        f.flush()
+        os.fsync(f.fileno())
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        order = np.random.default_rng(0).permutation(pieces)
+        t0 = time.perf_counter()
+        for k in order:
+            os.pread(f.fileno(), chunk, int(k) * chunk)
+        return pieces * chunk / max(time.perf_counter() - t0, 1e-9)
 
 
 def spill_directory(results_dir: str | Path) -> Path:

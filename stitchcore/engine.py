@@ -239,6 +239,23 @@ class Engine:
             acts = self.extractor(side, cuts)(x)
         return acts if isinstance(acts, tuple) else (acts,)
 
+    def stream_cost(self, senders: list[tuple[Side, list[Cut]]], batch: int = 32) -> float:
+        """Seconds per sample to make sender activations on the fly: read a training batch and
+        run each sender's prefix to its cuts (the second of two batches is timed: the first
+        warms up)."""
+        idx = torch.arange(min(self.data.size("train"), 2 * batch))
+        total = 0.0
+        for side, cuts in senders:
+            t0, timed = time.perf_counter(), (0.0, 1)
+            for raw in self.raw("train", idx, batch):
+                self.sender_acts(side, cuts, raw)
+                if self.runtime.device.type == "cuda":
+                    torch.cuda.synchronize()
+                t1 = time.perf_counter()
+                timed, t0 = (t1 - t0, len(raw.idx)), t1
+            total += timed[0] / timed[1]
+        return total
+
     @torch.no_grad()
     def own_predictions(self, side: Side, split: str = "test") -> torch.Tensor | None:
         """The model's own predicted classes on a split (None when its output is not class

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .cache import ActivationStore
+from .cache import ActivationStore, disk_read_rate
 from .cuts import Cut
 from .runtime import Runtime
 from .trainer import Batch
@@ -24,7 +24,8 @@ class ActivationCache:
 
     ``mode`` is ``memory`` (device memory on a GPU when it fits, else host memory), ``disk``
     (16-bit memory-mapped files under ``spill_dir``) or ``stream`` (nothing kept: each batch runs
-    the sender prefix again); :meth:`plan` chooses it from the bytes needed and the budgets.
+    the sender prefix again); :meth:`plan` chooses it from the bytes needed, the budgets and,
+    between disk and stream, the measured cost of each.
     """
 
     def __init__(
@@ -45,8 +46,23 @@ class ActivationCache:
         self.bytes = 0
         self.pass_s = 0.0
 
-    def plan(self, per_sample_bytes: int, samples: int, log: Callable[[str], None]) -> str:
-        """Choose the mode for ``samples`` samples of ``per_sample_bytes`` (fp32) and say so."""
+    def plan(
+        self,
+        per_sample_bytes: int,
+        samples: int,
+        log: Callable[[str], None],
+        *,
+        stream_cost: Callable[[], float] | None = None,
+    ) -> str:
+        """Choose the mode for ``samples`` samples of ``per_sample_bytes`` (fp32) and say why.
+
+        In memory when it fits the memory budget (a gather per batch: nothing is cheaper).
+        Otherwise by cost, when ``stream_cost`` (seconds per sample to read a batch and run the
+        sender prefixes) is given and the 16-bit cache would fit the disk budget: on disk when
+        reading a sample's activations back (at the rate measured under ``spill_dir``) is
+        cheaper than computing them again, else streamed. Without ``stream_cost``, on disk
+        whenever it fits.
+        """
         if self.mode:
             what = {
                 "memory": "cached in memory",
@@ -65,19 +81,34 @@ class ActivationCache:
             where = "GPU" if self.runtime.device.type == "cuda" else "host"
             why = f"{gb(need)} of sender activations fit the {gb(self.memory_budget)} budget"
             log(f"activations: cached in {where} memory ({why})")
-        elif self.spill_dir is not None and need32 // 2 <= self.disk_budget:
-            self.mode, self.fp16 = "disk", True
-            log(
-                f"activations: cached on disk in 16 bits under {self.spill_dir} "
-                f"({gb(need32 // 2)}; memory budget {gb(self.memory_budget)})"
-            )
-        else:
+            return self.mode
+        beyond = f"{gb(need)} would not fit the {gb(self.memory_budget)} memory budget"
+        if self.spill_dir is None or need32 // 2 > self.disk_budget:
             self.mode = "stream"
             log(
                 f"activations: streamed (the sender prefix runs once per batch for each group: "
-                f"{gb(need)} would not fit the {gb(self.memory_budget)} memory budget"
+                f"{beyond}"
                 + (f" nor the {gb(self.disk_budget)} disk budget)" if self.spill_dir else ")")
             )
+            return self.mode
+        costs = ""
+        if stream_cost is not None:
+            rate = disk_read_rate(self.spill_dir)
+            read_s, compute_s = per_sample_bytes / 2 / rate, stream_cost()
+            costs = (
+                f"; per sample, reading {per_sample_bytes / 2 / 2**20:.2f} MiB back at a measured "
+                f"{rate / 2**20:.0f} MiB/s takes {read_s * 1e3:.2f} ms, computing them again "
+                f"{compute_s * 1e3:.2f} ms"
+            )
+            if compute_s < read_s:
+                self.mode = "stream"
+                log(f"activations: streamed, the cheaper way ({beyond}{costs})")
+                return self.mode
+        self.mode, self.fp16 = "disk", True
+        log(
+            f"activations: cached on disk in 16 bits under {self.spill_dir} "
+            f"({gb(need32 // 2)}; {beyond}{costs})"
+        )
         return self.mode
 
     @property

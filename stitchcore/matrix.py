@@ -195,6 +195,10 @@ class Matrix:
     def sender_key(self, variant: str) -> str:
         return "random" if variant in ("random-sender", "random-both") else "real"
 
+    def sender_of(self, key: str) -> Side:
+        """The sender a :meth:`sender_key` names (the real model, or its random control)."""
+        return self.side("sender", "random-sender" if key == "random" else "main")
+
     def needed_sender_cuts(self, groups: list[tuple[str, int]]) -> dict[str, list[int]]:
         """Per sender (real or random), the sender cuts the given groups stitch from: what this
         process must compute, and no more."""

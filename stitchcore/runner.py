@@ -213,7 +213,11 @@ def run_matrix(
     )
     n_samples = len(splits.train_y) + len(splits.test_y)
     if pending:
-        cache.plan(per_sample, n_samples, say)
+        senders = [
+            (matrix.sender_of(k), [matrix.sender_cuts[i] for i in cuts])
+            for k, cuts in needed.items()
+        ]
+        cache.plan(per_sample, n_samples, say, stream_cost=lambda: engine.stream_cost(senders))
     t_cells = time.perf_counter()
     try:
         matrix.run(engine)

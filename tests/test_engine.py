@@ -171,3 +171,22 @@ def test_cache_budget_chooses_memory_disk_or_stream(tmp_path):
     assert plan(memory_budget=10**5, disk_budget=10**7, spill_dir=tmp_path) == "disk"
     assert plan(memory_budget=10**5, disk_budget=10**5, spill_dir=tmp_path) == "stream"
     assert len(said) == 3 and "streamed" in said[-1] and "disk" in said[1]
+
+
+def test_between_disk_and_stream_the_measured_cheaper_one_is_chosen(tmp_path):
+    from stitchcore.feeds import ActivationCache
+
+    rt = make_runtime("cpu")
+    said = []
+
+    def plan(compute_s):
+        cache = ActivationCache(rt, memory_budget=10**5, disk_budget=10**9, spill_dir=tmp_path)
+        return cache.plan(10**6, 1000, said.append, stream_cost=lambda: compute_s)
+
+    # a sender prefix of 1 s per sample: reading 0.5 MB back from disk is cheaper
+    assert plan(1.0) == "disk"
+    assert "cached on disk" in said[-1] and "computing them again 1000.00 ms" in said[-1]
+    # a free sender prefix: computing again is cheaper than any read
+    assert plan(0.0) == "stream"
+    assert "streamed, the cheaper way" in said[-1] and "MiB/s" in said[-1]
+    assert not list(tmp_path.glob("probe-*"))  # the probe file is gone
