@@ -14,7 +14,8 @@ The sender is the MiniLM probe. Each receiver gets two matrices over the same cu
 and the ``match`` objective (Hernandez et al.'s copying task: the stitch is trained to reproduce
 the receiver's own hidden state; match R² on the test texts, and the accuracy the receiver
 then reaches through it). Every stitch is ``token_linear`` (one linear map per token, the same
-for all tokens), least-squares initialised, then trained a fixed number of epochs.
+for all tokens), least-squares initialised, then trained until it converges (the engine's
+default; the miniature mode trains one fixed epoch).
 
     .venv/bin/python examples/text/run.py --threads 1     # the run on docs/results/text.md
     .venv/bin/python examples/text/run.py --mini          # miniature mode (tiny subsets)
@@ -31,7 +32,7 @@ from _common import pct, study_main  # noqa: E402
 #: base models see ``base_train`` texts; stitches ``stitch_train`` (another seeded subset of the
 #: same training split); everything is tested on the same ``test`` texts
 FULL = {
-    "seq_len": 32, "base_train": 3000, "test": 500, "stitch_train": 800, "epochs": 2,
+    "seq_len": 32, "base_train": 3000, "test": 500, "stitch_train": 800, "epochs": None,
     "narrow": {"width": 128, "depth": 4, "heads": 4}, "narrow_epochs": 8,
     "sender_cuts": ["embeddings", "encoder.layer.1", "encoder.layer.3", "encoder.layer.5"],
     "minilm_cuts": ["encoder.layer.1", "encoder.layer.3", "encoder.layer.5"],
@@ -164,13 +165,17 @@ def plot(result: dict, out: Path) -> list[Path]:
             fig.colorbar(im, ax=ax, fraction=0.046)
     p = result["params"]
     fig.suptitle(f"fortunes (26 topics): stitches trained on {p['stitch_train']} texts, tested on "
-                 f"{p['test']}; {p['seq_len']} tokens; token_linear, least squares + "
-                 f"{p['epochs']} epoch(s)")  # fmt: skip
+                 f"{p['test']}; {p['seq_len']} tokens; token_linear, least squares, "
+                 f"{_budget(p['epochs'])}")  # fmt: skip
     fig.tight_layout()
     path = out / "text-fortunes.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return [path]
+
+
+def _budget(epochs: int | None) -> str:
+    return "trained until converged" if epochs is None else f"{epochs} epoch(s)"
 
 
 def table(result: dict) -> str:
