@@ -31,6 +31,7 @@ __all__ = [
     "FrozenModelError",
     "StitchConfig",
     "StitchedModel",
+    "at_chance",
     "base_lrs",
     "cosine",
     "freeze",
@@ -299,6 +300,15 @@ def starts_solved(cfg: StitchConfig, loss: float, num_classes: int) -> bool:
     if cfg.init == "random":
         return False
     return cfg.objective == "match" or loss < 0.5 * math.log(max(2, num_classes))
+
+
+def at_chance(accuracy: float, samples: int, num_classes: int) -> bool:
+    """Whether a closed-form stitch's accuracy on a first look at ``samples`` training samples
+    is no better than guessing: within three binomial standard deviations of ``1 / C``. Only
+    such a stitch is restarted from its random init; one that is above chance but not
+    :func:`starts_solved` keeps its closed form and trains at the full lr."""
+    p = 1.0 / max(2, num_classes)
+    return accuracy <= p + 3.0 * math.sqrt(p * (1 - p) / max(1, samples))
 
 
 def head_fits(logits: torch.Tensor, num_classes: int) -> bool:

@@ -22,8 +22,9 @@ Two ways to decide how long (``StitchConfig.epochs``):
   recipe; ``stop="fixed"``, reported as "not converged").
 
 A closed-form stitch that already does the job (:func:`stitching.starts_solved`) is fine-tuned
-gently (fan-in-scaled lr, warm-up); one whose closed form is no better than chance restarts from
-its random init and learns from scratch (``from_scratch``).
+gently (fan-in-scaled lr, warm-up); one whose closed form is no better than chance
+(:func:`stitching.at_chance`) restarts from its random init and learns from scratch
+(``from_scratch``); one in between trains from its closed form at the full lr.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from .stitching import (
     FINE_TUNE_WARMUP,
     FIRST_LOOK,
     StitchConfig,
+    at_chance,
     base_lrs,
     cosine,
     head_fits,
@@ -154,15 +156,19 @@ def _select(logits_of: Callable, out) -> torch.Tensor:
 
 
 def _forward(members, batch: Batch, suffix, objective: str, logits_of) -> list[torch.Tensor]:
-    zs = [m.module(batch.acts[m.key]) for m in members]
     if objective == "match":
         r = batch.target
-        return [F.mse_loss(z.float(), r.float()) for z in zs]
+        return [F.mse_loss(m.module(batch.acts[m.key]).float(), r.float()) for m in members]
+    return [F.cross_entropy(part, batch.y) for part in _logits(members, batch, suffix, logits_of)]
+
+
+def _logits(members, batch: Batch, suffix, logits_of) -> list[torch.Tensor]:
+    """Each member's class scores on the batch, through one pass of the suffix."""
+    zs = [m.module(batch.acts[m.key]) for m in members]
     ctx = batch.context
     if ctx is not None and len(zs) > 1:
         ctx = _repeat(ctx, len(zs))
-    logits = _select(logits_of, run_suffix(suffix, torch.cat(zs), ctx))
-    return [F.cross_entropy(part, batch.y) for part in logits.split(len(batch.idx))]
+    return list(_select(logits_of, run_suffix(suffix, torch.cat(zs), ctx)).split(len(batch.idx)))
 
 
 def _repeat(ctx, k: int):
@@ -323,19 +329,28 @@ def _chunks(n: int, size: int) -> Iterable[int]:
 
 @torch.no_grad()
 def _first_look(active, suffix, feed, cfg, train_idx, num_classes, logits_of) -> None:
-    """Which members fine-tune a closed form and which learn from scratch (restarting a closed
-    form at chance from the random init), from their eval-mode loss on the first training
-    samples."""
+    """How each member starts, from its closed form's eval-mode loss and accuracy on the first
+    training samples: fine-tuned gently when it :func:`starts_solved`; restarted from its random
+    init when it is :func:`at_chance`; otherwise trained from the closed form at the full lr."""
     if cfg.init == "random":
+        return
+    if cfg.objective == "match":  # any closed form of the copying task is a start
+        for m in active:
+            m.fine_tuned = True
         return
     for m in active:
         m.module.eval()
     idx = train_idx[:FIRST_LOOK]
     batch = next(iter(feed.batches(idx, len(idx), train=True)))
-    losses = _forward(active, batch, suffix, cfg.objective, logits_of)
-    for m, loss in zip(active, losses):
-        m.fine_tuned = starts_solved(cfg, float(loss), num_classes)
-        if not m.fine_tuned and m.scratch is not None:
+    for m, logits in zip(active, _logits(active, batch, suffix, logits_of)):
+        loss = float(F.cross_entropy(logits, batch.y))
+        accuracy = float((logits.argmax(1) == batch.y).float().mean())
+        m.fine_tuned = starts_solved(cfg, loss, num_classes)
+        if (
+            not m.fine_tuned
+            and m.scratch is not None
+            and at_chance(accuracy, len(idx), num_classes)
+        ):
             m.module.load_state_dict(m.scratch)
             m.from_scratch = True
 

@@ -203,3 +203,22 @@ def test_side_without_input_spec_needs_an_example(digits):
 
     with pytest.raises(StitchError, match="example_input"):
         Side.of(Net())
+
+
+def test_only_a_closed_form_at_chance_restarts_from_scratch(digits_pair, digits):
+    from stitchcore.stitching import at_chance
+
+    # 128 samples, 10 classes: chance is 10 %, three standard deviations above it 18 %
+    assert at_chance(0.1, 128, 10) and at_chance(0.17, 128, 10) and not at_chance(0.2, 128, 10)
+    assert at_chance(0.08, 128, 26) and not at_chance(0.1, 128, 26)
+    a, b = digits_pair
+    # a heavily ridged least-squares fit without BN: well above chance, far from solved. It keeps
+    # its closed form (before, any closed form not solved restarted from scratch and lost it)
+    kw = {"train": digits, "epochs": 1, "family": "conv1x1", "batchnorm": False, "device": "cpu"}
+    mid = stitch(a, "layer3", b, "layer3", ridge=300.0, **kw).metrics
+    assert 0.3 < mid["init_accuracy"] < 0.8
+    assert (mid["fine_tuned"], mid["from_scratch"]) == (False, False)
+    # a ridge that leaves it at chance does restart
+    flat = stitch(a, "layer3", b, "layer3", ridge=1e5, **kw).metrics
+    assert flat["init_accuracy"] < 0.15 and flat["from_scratch"]
+    assert mid["stitched_accuracy"] > flat["stitched_accuracy"] + 0.2
