@@ -71,8 +71,8 @@ stitch_options = _stack(
     click.option("--max-epochs", type=click.IntRange(min=1), default=30, show_default=True,
                  help="Cap on epochs when training until converged."),
     click.option("--unsolved-epochs", type=click.IntRange(min=0), default=None,
-                 help="At least N epochs for stitches that learn from scratch (random init, or "
-                      "a least-squares init at chance) before a plateau may end them."),
+                 help="At least N epochs for stitches their closed form does not solve (random "
+                      "init, or a least-squares init not solved) before a plateau may end them."),
     click.option("--batch-size", type=int, default=128, show_default=True),
     click.option("--lr", type=float, default=1e-3, show_default=True),
     click.option("--seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True),
