@@ -66,6 +66,16 @@ class Distributed:
         if self._dist is not None:
             self._dist.barrier()
 
+    def total(self, n: int, device) -> int:
+        """``n`` summed over the ranks (``n`` itself in one process)."""
+        if self._dist is None:
+            return n
+        import torch
+
+        t = torch.tensor([n], dtype=torch.long, device=device)
+        self._dist.all_reduce(t)
+        return int(t.item())
+
 
 def default_out(sender: Any, receiver: Any, data: Any) -> Path:
     import re
@@ -224,14 +234,14 @@ def run_matrix(
     finally:
         cache.close()
     cells_s = time.perf_counter() - t_cells
-    dist.barrier()
+    computed = dist.total(matrix.computed, runtime.device)  # every rank's, not rank 0's alone
     if not lead or (shard[1] > 1 and not dist.on):
         return None
     timings = {
         "total_s": time.perf_counter() - start,
         "base_models_s": models.seconds,
         "cells_s": cells_s,
-        "cells_computed": matrix.computed,
+        "cells_computed": computed,
         "cells_resumed": resumed,
         "sender_pass_s": cache.pass_s,
         "cache": {"mode": cache.mode, "bytes": cache.bytes},
