@@ -156,7 +156,7 @@ def plateau_train(cell: ReferenceCell, data: dict, cfg, fixed_epochs: int | None
     import torch
     import torch.nn.functional as F
 
-    from stitchcore.trainer import improves
+    from stitchcore.trainer import MIN_LOSS_DROP, improves
 
     xs, xr, y = data["xs"], data["xr"], data["y"]
     train_idx, val_idx = data["train_idx"], data["val_idx"]
@@ -196,7 +196,7 @@ def plateau_train(cell: ReferenceCell, data: dict, cfg, fixed_epochs: int | None
         acc, loss_v = evaluate(cell, xs[val_idx], xr[val_idx], y[val_idx])
         val_acc.append(acc)
         val_loss.append(loss_v)
-        if best is None or improves(acc, loss_v, best[0], best[1], nats=True):
+        if best is None or improves(acc, loss_v, best[0], best[1], MIN_LOSS_DROP):
             state = {k: v.detach().clone() for k, v in cell.stitch.state_dict().items()}
             best, bad = (acc, loss_v, state), 0
         else:

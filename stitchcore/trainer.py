@@ -13,7 +13,7 @@ Two ways to decide how long (``StitchConfig.epochs``):
   for validation (never the test split); after each epoch the member's validation loss is
   measured. An epoch *improves* when the validation accuracy rises above the best so far, or
   equals it with a validation loss at least 1 % and 0.01 nats lower (for ``match``: the MSE
-  alone, 1 % lower). An epoch
+  1 % and 0.1 % of the target's variance lower). An epoch
   that does not improve halves the member's learning rate, and ``patience`` such epochs in a row
   end it (``stop="plateau"``), with the weights of its best validation epoch restored; ``max_epochs`` caps it (``stop="cap"``,
   ``converged=False``). A member that stopped leaves the group's batch, so the remaining
@@ -54,6 +54,9 @@ from .stitching import (
 )
 
 __all__ = [
+    "MIN_IMPROVEMENT",
+    "MIN_LOSS_DROP",
+    "MIN_MATCH_DROP",
     "Batch",
     "Feed",
     "Member",
@@ -68,6 +71,10 @@ MIN_IMPROVEMENT = 1e-2
 #: ... and the least absolute drop of a cross-entropy there, in nats per sample: below it, at an
 #: accuracy that no longer moves, only the confidence of predictions already right grows.
 MIN_LOSS_DROP = 1e-2
+#: ... and for the ``match`` objective, the least drop of the matching MSE as a fraction of the
+#: receiver activation's variance on the validation slice (0.1 % of R²): an exact closed form
+#: (an identity, MSE ≈ 0) must not keep "improving" on rounding noise.
+MIN_MATCH_DROP = 1e-3
 #: Accuracy this close to chance (1 / classes) counts as "at chance" for the warning.
 CHANCE_MARGIN = 0.02
 #: A final training loss this many times the chance level (ln classes): training diverged.
@@ -287,7 +294,11 @@ def train_members(
                 m.val_curve.append(acc if acc is not None else -loss)
                 prev = best.get(id(m))
                 score = acc if acc is not None else -float("inf")
-                if prev is None or improves(score, loss, prev[0], prev[1], acc is not None):
+                floor = (
+                    MIN_LOSS_DROP if acc is not None
+                    else MIN_MATCH_DROP * (stats[id(m)].get("target_var") or 0.0)
+                )  # fmt: skip
+                if prev is None or improves(score, loss, prev[0], prev[1], floor):
                     best[id(m)] = (score, loss, _state(m.module))
                     bad[id(m)] = 0
                 elif m.epochs >= min_epochs[id(m)]:
@@ -310,12 +321,13 @@ def train_members(
         m.loss_rose = len(m.train_curve) > 1 and m.train_curve[-1] > m.train_curve[0]
 
 
-def improves(acc: float, loss: float, best_acc: float, best_loss: float, nats: bool) -> bool:
+def improves(acc: float, loss: float, best_acc: float, best_loss: float, floor: float) -> bool:
     """Progress: a higher validation accuracy, or the same one with a loss at least 1 % lower
-    (and, for a cross-entropy — ``nats`` — at least ``MIN_LOSS_DROP`` lower)."""
+    and at least ``floor`` lower (``MIN_LOSS_DROP`` for a cross-entropy; for the matching MSE,
+    ``MIN_MATCH_DROP`` × the target's variance)."""
     if acc > best_acc:
         return True
-    drop = max(MIN_IMPROVEMENT * abs(best_loss), MIN_LOSS_DROP if nats else 0.0)
+    drop = max(MIN_IMPROVEMENT * abs(best_loss), floor)
     return acc == best_acc and loss < best_loss - drop
 
 
@@ -375,6 +387,7 @@ def evaluate_members(
     CellDiagnostics}) those are updated too. Keyed by ``id(member)``."""
     live = [m for m in members if m.failed is None]
     stats = {id(m): {"correct": 0, "loss": 0.0, "mse": 0.0, "fits": True} for m in live}
+    t_sum = t_sq = None  # the target's per-element sums, for its variance
     if not live:
         return {}
     chunk = max(2, batch_size // len(live))
@@ -389,6 +402,10 @@ def evaluate_members(
             if objective == "task" or diagnostics is not None:
                 ctx = _repeat(batch.context, len(zs)) if batch.context is not None else None
                 logits = _select(logits_of, run_suffix(suffix, torch.cat(zs), ctx))
+        if batch.target is not None:
+            t = batch.target.detach().float().flatten(1)
+            t_sum = t.sum(0) if t_sum is None else t_sum + t.sum(0)
+            t_sq = (t * t).sum(0) if t_sq is None else t_sq + (t * t).sum(0)
         parts = logits.split(len(batch.idx)) if logits is not None else [None] * len(live)
         for m, z, part in zip(live, zs, parts):
             st = stats[id(m)]
@@ -414,6 +431,8 @@ def evaluate_members(
             res["loss"] = st["mse"] / max(1, n)
         if objective == "match" or diagnostics is not None:
             res["match_mse"] = st["mse"] / max(1, n) if n else None
+        if t_sum is not None and n:
+            res["target_var"] = float((t_sq / n - (t_sum / n) ** 2).mean())
         out[id(m)] = res
     return out
 

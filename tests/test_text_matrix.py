@@ -64,11 +64,12 @@ def minilm():
     return build_model("hf:all-MiniLM-L6-v2", input_size=32)
 
 
-def matrix(sender, receiver, s_cuts, r_cuts, objective, out, sizes=SIZES) -> dict:
+def matrix(sender, receiver, s_cuts, r_cuts, objective, out, sizes=SIZES, **stitch) -> dict:
+    stitch = {"epochs": 1, **stitch}
     cfg = MatrixConfig(
         sender=sender, receiver=receiver, sender_cuts=s_cuts, receiver_cuts=r_cuts,
         data="fortunes", cka=False, **sizes,
-        stitch=StitchConfig(family="token_linear", objective=objective, epochs=1),
+        stitch=StitchConfig(family="token_linear", objective=objective, **stitch),
     )  # fmt: skip
     return run_matrix(cfg, out, device="cpu")
 
@@ -109,6 +110,14 @@ def test_minilm_into_itself_matches_its_own_activation(minilm, tmp_path):
     assert cell["receiver_accuracy"] == pytest.approx(record["test_accuracy"], abs=1e-5)
     assert cell["receiver_accuracy"] > 2 * CHANCE
     assert abs(cell["penalty"]) <= 0.02
+    # trained until converged, the exact closed form stops on a plateau at once: the matching
+    # MSE of an identity (≈ 1e-12) must not count rounding noise as progress up to the cap
+    sizes = {"train_size": 400, "test_size": 60}  # before the fix: the cap, 6 epochs
+    res = matrix(minilm, probe, ["encoder.layer.1"], ["encoder.layer.1"], "match",
+                 tmp_path / "converged", sizes=sizes, epochs=None, max_epochs=6)  # fmt: skip
+    (cell,) = res["cells"]
+    assert (cell["stop"], cell["epochs"]) == ("plateau", 3), cell["val_loss"]
+    assert cell["match_r2"] > 0.999
 
 
 def test_a_causal_decoder_as_receiver(trained, tmp_path):
