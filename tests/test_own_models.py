@@ -60,7 +60,7 @@ def test_the_documented_example_runs_and_draws(doc_run):
     assert cells["blocks.2", "blocks.2"]["family"] == "token_linear"
     for key in (("stem", "stem"), ("blocks.2", "blocks.2"), ("blocks.1", "blocks.2")):
         assert cells[key]["penalty"] < 0.05, key
-    assert cells["blocks.0", "blocks.0"]["stitched_accuracy"] < 0.5
+    assert cells["blocks.0", "blocks.0"]["penalty"] > 0.2  # "lose most of it"
 
 
 def test_a_users_module_is_recorded_by_class_parameters_and_state(doc_run):
