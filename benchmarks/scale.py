@@ -106,6 +106,7 @@ def run_engine(args) -> dict:
     import tempfile
 
     from stitchcore import MatrixConfig, StitchConfig, run_matrix
+    from stitchcore.heap import steady_heap
 
     stamps: list[tuple[float, float]] = []  # (wall, CPU of this process) after each step
     groups: list[list[tuple[float, float]]] = []
@@ -142,6 +143,7 @@ def run_engine(args) -> dict:
         "cells": [{k: c.get(k) for k in ("sender_cut", "receiver_cut", "family", "status",
                                           "stitched_accuracy")} for c in cells],
         "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "heap": steady_heap(),
     }  # fmt: skip
 
 
@@ -154,7 +156,10 @@ def run_floor(args) -> dict:
 
     from stitchcore.cuts import run_suffix
     from stitchcore.engine import Side
+    from stitchcore.heap import steady_heap
     from stitchcore.stitching import freeze
+
+    steady_heap()  # the same host heap as the engine's runs (make_runtime sets it)
 
     side = Side.of(ten_way(RECEIVER, args.input_size))
     side.cutter.fast_layout()
@@ -291,12 +296,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers")
     p.add_argument("--threads", type=int, default=1, help="torch threads in each child")
     p.add_argument("--repeats", type=int, default=5, help="floor repeats")
+    p.add_argument("--heap", choices=("steady", "default"), default="steady",
+                   help="glibc heap of the children: the engine's steady one, or glibc's own "
+                   "(STITCHCORE_HEAP=default), for comparison")  # fmt: skip
     p.add_argument("--root", default="/tmp/stitchcore-scale", help="where the folders go")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--child", choices=("engine", "floor"), default=None)
     p.add_argument("--folder", default=None)
     args = p.parse_args(argv)
 
+    if args.heap == "default":  # read by stitchcore.heap in the children
+        os.environ["STITCHCORE_HEAP"] = "default"
     if args.child:
         import torch
 
@@ -311,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
               f"matrix: {SENDER} × {RECEIVER} (10-way heads), sender cuts {args.sender_cuts}, "
               f"receiver cuts {args.receiver_cuts}, input {args.input_size} px, JPEGs {args.px} px, "
               f"batch {args.batch} per stitch, 1 epoch, streamed, {args.workers} DataLoader "
-              f"worker(s), {args.threads} torch thread(s)"]  # fmt: skip
+              f"worker(s), {args.threads} torch thread(s), {args.heap} heap"]  # fmt: skip
     print("\n".join(header), file=sys.stderr, flush=True)
     val = lambda n: max(CLASSES, int(round(args.val_fraction * n / CLASSES)) * CLASSES)  # noqa: E731
     t = time.perf_counter()

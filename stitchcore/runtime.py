@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import StitchError
+from .heap import steady_heap
 
 __all__ = ["DEVICES", "PRECISIONS", "Runtime", "make_runtime", "resolve_device"]
 
@@ -113,7 +114,8 @@ class Runtime:
 
 def make_runtime(device: str | torch.device | None = "auto", precision: str = "fp32") -> Runtime:
     """Validate ``device`` and ``precision`` together (fp16 and bf16 need a device that has
-    them) and set the defaults a GPU run wants (cuDNN autotuning: shapes are fixed per group)."""
+    them) and set the defaults a GPU run wants (cuDNN autotuning: shapes are fixed per group) and
+    the host wants (a steady heap: :mod:`stitchcore.heap`)."""
     if precision not in PRECISIONS:
         raise StitchError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     dev = resolve_device(device)
@@ -124,4 +126,5 @@ def make_runtime(device: str | torch.device | None = "auto", precision: str = "f
         torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
     if dev.type == "mps" and precision == "bf16":
         raise StitchError("--precision bf16 is not supported on MPS; use fp16 or fp32")
+    steady_heap()
     return Runtime(dev, precision)

@@ -1,0 +1,55 @@
+"""A steady host heap: glibc's malloc settings for a process that allocates the same big tensors
+every step.
+
+glibc serves an allocation above its *mmap threshold* with a fresh ``mmap`` (zeroed pages, one
+page fault each, given back on free) and the rest from its heap, and it moves that threshold up
+at run time as big blocks are freed. A training step's activations (tens of MiB at a 64 px input,
+hundreds at 224 px) sit right about that moving line, so from step to step some come from the
+heap and some from fresh pages: the process's resident memory wanders by a few hundred MiB, and
+its peak creeps up with the length of the run (more steps, more chances of a bad layout), and
+every freshly mapped block costs its page faults again.
+
+:func:`steady_heap` fixes both thresholds once per process (an mmap threshold of 256 MiB, a trim
+threshold of 1 GiB): blocks up to 256 MiB are reused from the heap, so resident memory reaches its
+level within a few steps and stays there, whatever the size of the data set, and the steps run
+faster. It is called by :func:`stitchcore.runtime.make_runtime`, so every run of the engine gets
+it. It does nothing off glibc, when the user has tuned malloc themselves (``MALLOC_*_`` variables
+or ``glibc.malloc`` tunables), or when ``STITCHCORE_HEAP=default``. Measured in
+benchmarks/README.md ("A steady heap").
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+__all__ = ["ENV_HEAP", "MMAP_THRESHOLD", "TRIM_THRESHOLD", "steady_heap"]
+
+ENV_HEAP = "STITCHCORE_HEAP"
+MMAP_THRESHOLD = 256 * 2**20
+TRIM_THRESHOLD = 2**30
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+_state: dict[str, str] = {}
+
+
+def steady_heap() -> str:
+    """Fix glibc's mmap and trim thresholds for this process (once); returns what was done:
+    ``"steady"``, or why not (``"default: …"``)."""
+    if not _state:
+        _state["heap"] = _apply()
+    return _state["heap"]
+
+
+def _apply() -> str:
+    if os.environ.get(ENV_HEAP, "").strip().lower() == "default":
+        return f"default: ${ENV_HEAP}=default"
+    tuned = [k for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_") if k in os.environ]
+    if tuned or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
+        return "default: malloc tuned by the user"
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return "default: not glibc"
+    ok = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    return "steady" if ok else "default: mallopt refused"
