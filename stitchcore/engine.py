@@ -400,12 +400,16 @@ class Engine:
         }  # fmt: skip
 
     @torch.no_grad()
-    def receiver_acts(self, side: Side, prefix: nn.Module, idx: torch.Tensor, split: str):
+    def receiver_acts(self, side: Side, prefix: nn.Module, idx: torch.Tensor, split: str,
+                      pool: Callable[[torch.Tensor], torch.Tensor] | None = None):  # fmt: skip
+        """The receiver's own activations at its cut for samples ``idx`` (``pool``-ed per batch
+        when given: then only the pooled vectors are held)."""
         parts = []
         for raw in self.raw(split, idx, EVAL_BATCH):
             x = side.view(raw.inputs, self.data.ready, self.runtime)
             with self.runtime.autocast():
-                parts.append(prefix(x).float())
+                acts = prefix(x).float()
+            parts.append(pool(acts) if pool else acts)
         return torch.cat(parts)
 
     @torch.no_grad()
@@ -463,10 +467,11 @@ class Engine:
                 m.failed = f"frozen model changed: {exc}"
         diag = None
         if self.diagnostics:
+            layout = r_cut.spec.layout
             gauss = gaussian_of(
-                pool_channels(r_sample, r_cut.spec.layout) if r_sample is not None else
-                pool_channels(self.receiver_acts(r_side, prefix, self.train_idx[:2048], "train"),
-                              r_cut.spec.layout)
+                pool_channels(r_sample, layout) if r_sample is not None else
+                self.receiver_acts(r_side, prefix, self.train_idx[:2048], "train",
+                                   pool=lambda acts: pool_channels(acts, layout))
             )  # fmt: skip
             diag = new_diagnostics(members, r_cut.spec.layout, gauss)
         after = evaluate_members(

@@ -12,10 +12,15 @@ every freshly mapped block costs its page faults again.
 :func:`steady_heap` fixes both thresholds once per process (an mmap threshold of 256 MiB, a trim
 threshold of 1 GiB): blocks up to 256 MiB are reused from the heap, so resident memory reaches its
 level within a few steps and stays there, whatever the size of the data set, and the steps run
-faster. It is called by :func:`stitchcore.runtime.make_runtime`, so every run of the engine gets
-it. It does nothing off glibc, when the user has tuned malloc themselves (``MALLOC_*_`` variables
-or ``glibc.malloc`` tunables), or when ``STITCHCORE_HEAP=default``. Measured in
-benchmarks/README.md ("A steady heap").
+faster. The price is free heap kept resident between steps (up to 1 GiB); a forked process (a
+DataLoader worker) would share those pages and keep its own copy of each one the parent then
+reuses, so :func:`release_free_heap` hands them back to the kernel first: the loader calls it
+before it starts workers.
+
+:func:`steady_heap` is called by :func:`stitchcore.runtime.make_runtime`, so every run of the
+engine gets it. It does nothing off glibc, when the user has tuned malloc themselves
+(``MALLOC_*_`` variables or ``glibc.malloc`` tunables), or when ``STITCHCORE_HEAP=default``.
+Measured in benchmarks/README.md ("scale.py").
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-__all__ = ["ENV_HEAP", "MMAP_THRESHOLD", "TRIM_THRESHOLD", "steady_heap"]
+__all__ = ["ENV_HEAP", "MMAP_THRESHOLD", "TRIM_THRESHOLD", "release_free_heap", "steady_heap"]
 
 ENV_HEAP = "STITCHCORE_HEAP"
 MMAP_THRESHOLD = 256 * 2**20
@@ -38,6 +43,16 @@ def steady_heap() -> str:
     if not _state:
         _state["heap"] = _apply()
     return _state["heap"]
+
+
+def release_free_heap() -> None:
+    """Give the heap's free pages back to the kernel (glibc ``malloc_trim(0)``), so a process
+    forked now does not share them; a no-op off glibc."""
+    if _state.get("heap") == "steady":
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # pragma: no cover - not glibc
+            pass
 
 
 def _apply() -> str:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from .datasets import as_image, input_kind
 from .errors import StitchError
+from .heap import release_free_heap
 
 __all__ = ["RawBatch", "ReadOptions", "raw_batches", "default_workers"]
 
@@ -78,6 +79,8 @@ def raw_batches(
         return
     if not chunks:
         return
+    if options.workers:  # forked workers would share (and then keep) the free heap's pages
+        release_free_heap()
     loader = torch.utils.data.DataLoader(
         _Samples(inputs, options),
         batch_sampler=[c.tolist() for c in chunks],
