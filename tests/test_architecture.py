@@ -23,7 +23,17 @@ LAYERS = [
     {"feeds", "trainer", "userdata", "plot"},
     {"zoo", "training", "stitching", "diagnostics", "similarity", "controls", "loader"},
     {"cuts", "families", "sources", "datasets", "cache", "runtime", "linalg"},
-    {"graph", "tracing", "iteration", "default_hints", "layout", "weights", "fileio", "provenance"},
+    {
+        "graph",
+        "tracing",
+        "iteration",
+        "default_hints",
+        "layout",
+        "heap",
+        "weights",
+        "fileio",
+        "provenance",
+    },
     {"spec", "plugins", "hookspecs", "errors"},
 ]
 
