@@ -156,10 +156,10 @@ def run_floor(args) -> dict:
 
     from stitchcore.cuts import run_suffix
     from stitchcore.engine import Side
-    from stitchcore.heap import steady_heap
+    from stitchcore.runtime import make_runtime
     from stitchcore.stitching import freeze
 
-    steady_heap()  # the same host heap as the engine's runs (make_runtime sets it)
+    make_runtime("cpu")  # the engine's host settings (steady heap, denormals flushed)
 
     side = Side.of(ten_way(RECEIVER, args.input_size))
     side.cutter.fast_layout()
