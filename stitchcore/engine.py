@@ -473,7 +473,7 @@ class Engine:
                 self.receiver_acts(r_side, prefix, self.train_idx[:2048], "train",
                                    pool=lambda acts: pool_channels(acts, layout))
             )  # fmt: skip
-            diag = new_diagnostics(members, r_cut.spec.layout, gauss)
+            diag = new_diagnostics(members, layout, gauss)
         after = evaluate_members(
             members, suffix, test_feed, test_idx, self.runtime, diagnostics=diag, **kw
         )

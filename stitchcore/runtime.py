@@ -116,8 +116,9 @@ def make_runtime(device: str | torch.device | None = "auto", precision: str = "f
     """Validate ``device`` and ``precision`` together (fp16 and bf16 need a device that has
     them) and set the defaults a GPU run wants (cuDNN autotuning: shapes are fixed per group) and
     the host wants: a steady heap (:mod:`stitchcore.heap`), and denormal floats flushed to zero
-    (frozen networks on real images make them, and on a CPU each one costs a slow path: a
-    ResNet-50 training step at 224 px ran about a fifth slower with them, benchmarks/README.md)."""
+    (frozen networks on real images make them, and on a CPU each one takes a slow path: a
+    ResNet-50 training step at 224 px took 33.4 s with them, 20.9 s without; see
+    benchmarks/README.md)."""
     if precision not in PRECISIONS:
         raise StitchError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     dev = resolve_device(device)
