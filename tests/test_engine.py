@@ -214,9 +214,8 @@ def test_a_run_reuses_its_big_blocks_instead_of_faulting_in_fresh_pages(env, hea
     import subprocess
     import sys
 
-    for key in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "STITCHCORE_HEAP"):
-        env.setdefault(key, None)
-    full = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
+    unset = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "STITCHCORE_HEAP")
+    full = {k: v for k, v in os.environ.items() if k not in unset} | env
     out = subprocess.run([sys.executable, "-c", _REUSE_PROBE], env=full, capture_output=True,
                          text=True, check=True).stdout.rsplit(maxsplit=1)  # fmt: skip
     state, faults = out[0], int(out[1])
