@@ -13,6 +13,7 @@ import torch
 
 from .cache import ActivationStore, disk_read_rate
 from .cuts import Cut
+from .heap import release_free_heap
 from .runtime import Runtime
 from .trainer import Batch
 
@@ -154,6 +155,7 @@ class ActivationCache:
         for s in self.stores.values():
             s.close()
         self.stores.clear()
+        release_free_heap()  # the run's activations are gone: their pages go back to the kernel
 
 
 class GroupFeed:
