@@ -648,3 +648,70 @@ def test_subpixel_conv_leaves_out_taps_that_only_see_padding(size, kernel):
         family.init(stitch, x, y)
         stitch.eval()
         assert float((stitch(x) - y).abs().max()) < 1e-2 * float(y.abs().mean())
+
+
+@pytest.mark.parametrize(
+    "family,pair_names",
+    [
+        ("conv1x1", ("r0:layer2", "r1:layer2")),
+        ("strided_conv", ("r0:layer1", "r1:layer2")),
+        ("upsample_conv", ("r0:layer3", "r1:layer1")),
+        ("conv1x1", ("s0:layers.1", "r1:layer2")),  # nhwc sender
+    ],
+)
+def test_conv_stitches_fold_the_input_norm_into_the_conv_exactly_and_skip_its_input_gradient(
+    zoo, family, pair_names
+):
+    """bn_in's affine is folded into the convolution (ConvStitch.forward): the same outputs,
+    parameter gradients and running statistics as bn_out(conv(upsample(bn_in(x)))) run module by
+    module, in train and eval mode; and a training step does the convolution's arithmetic twice
+    (forward, weight gradient), not three times (no input gradient for a frozen sender)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    s_spec, r_spec, xs, ys = pair(zoo, *pair_names)
+    fam = plugins.get_family(family)
+    stitch = fam.build(s_spec, r_spec)
+    fam.init(stitch, xs[:N_FIT], ys[:N_FIT])
+    torch.manual_seed(0)
+    with torch.no_grad():  # away from the fitted values: every term of the fold matters
+        for bn in (stitch.bn_in, stitch.bn_out):
+            bn.weight.uniform_(0.5, 2.0)
+            bn.bias.normal_()
+    ref = copy.deepcopy(stitch)
+
+    def composed(x):
+        x = x.permute(0, 3, 1, 2) if s_spec.layout == "nhwc" else x
+        z = ref.bn_out(ref.conv(ref.upsample(ref.bn_in(x))))
+        return z.permute(0, 2, 3, 1) if r_spec.layout == "nhwc" else z
+
+    x = xs[:32]
+    for train in (True, True, False):
+        stitch.train(train)
+        ref.train(train)
+        a, b = stitch(x), composed(x)
+        assert torch.allclose(a, b, atol=1e-4 * b.abs().max().item()), (a - b).abs().max()
+        g = torch.randn_like(a)
+        grads = torch.autograd.grad(a, list(stitch.parameters()), g)
+        ref_grads = torch.autograd.grad(b, list(ref.parameters()), g)
+        # (train mode: bn_out cancels bn_in's bias, whose gradient is 0 up to rounding, so the
+        # tolerance is on the scale of the largest gradient)
+        scale = max(want.abs().max().item() for want in ref_grads)
+        for (name, _), got, want in zip(stitch.named_parameters(), grads, ref_grads):
+            assert torch.allclose(got, want, rtol=1e-3, atol=1e-5 * scale), name
+        for name, buf in stitch.named_buffers():
+            want = dict(ref.named_buffers())[name].float()
+            assert torch.allclose(buf.float(), want, atol=1e-5 * want.abs().max().item()), name
+
+    stitch.train()
+
+    def conv_flops(module, run) -> tuple[int, int]:
+        with FlopCounterMode(display=False) as fwd:
+            out = run(x)
+        with FlopCounterMode(display=False) as bwd:
+            out.backward(torch.ones_like(out))
+        return fwd.get_total_flops(), bwd.get_total_flops()
+
+    fwd, bwd = conv_flops(stitch, stitch)
+    assert fwd > 0 and bwd <= 1.01 * fwd, (fwd, bwd)  # the weight gradient only
+    fwd_ref, bwd_ref = conv_flops(ref, composed)
+    assert bwd_ref >= 1.9 * fwd_ref  # module by module: the input gradient as well

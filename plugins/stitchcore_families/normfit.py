@@ -51,6 +51,21 @@ def normalise(x: torch.Tensor, bn: nn.Module, dim: int = 1) -> torch.Tensor:
     return (x - stat(bn.running_mean)) / std * stat(bn.weight) + stat(bn.bias)
 
 
+def standardise(x: torch.Tensor, bn: _BatchNorm) -> torch.Tensor:
+    """``bn``'s normalisation alone, its affine (weight, bias) left out: batch statistics in
+    train mode (its running statistics and batch count updated as ``bn`` itself would), running
+    statistics in eval mode. A stitch that folds the affine into the linear map after it gets
+    the same output with no gradient to compute for its input (see ``ConvStitch``)."""
+    momentum = bn.momentum
+    if bn.training:
+        bn.num_batches_tracked.add_(1)
+        if momentum is None:  # a cumulative average, as BatchNorm keeps one
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    return torch.nn.functional.batch_norm(
+        x, bn.running_mean, bn.running_var, None, None, bn.training, momentum, bn.eps
+    )
+
+
 def _copy(dst: torch.Tensor, src: torch.Tensor) -> None:
     dst.copy_(src.to(device=dst.device, dtype=dst.dtype))
 
