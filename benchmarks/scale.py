@@ -14,7 +14,8 @@ included: the largest sum of their proportional set sizes, sampled every 0.5 s),
 against the **floor**: the receiver-suffix forward + backward passes alone at the same batch
 (k stitches × batch), timed in a separate process (median of repeats) and multiplied by the
 engine's number of steps. Goals (printed, not asserted): peak memory flat within 10 % from the
-smallest to the largest size; engine time within 1.5× of the floor.
+smallest to the largest size; engine time within 1.5× of the floor. Every size has at least
+``MIN_VAL`` test images, so that every size evaluates in batches of 256 (the peaks compare).
 
     .venv/bin/python benchmarks/scale.py                                  # the defaults
     .venv/bin/python benchmarks/scale.py --sizes 500,1000,2000 --input-size 112
@@ -35,6 +36,10 @@ __all__ = ["main", "make_folder", "tree_memory"]
 
 SENDER, RECEIVER = "timm:resnet50@random", "timm:resnet50@random-1"
 CLASSES = 10
+#: the fewest test images per size: one full evaluation batch of the engine (256, its
+#: ``EVAL_BATCH``), rounded up to whole classes, so that every size evaluates in batches of the
+#: same size and the peaks compare (a 50-image test split evaluates in one batch of 50)
+MIN_VAL = 260
 
 
 # ----------------------------------------------------------------------------- data
@@ -286,7 +291,12 @@ def report(rows: list[dict], floor: dict, args) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="1000,2000,4000", help="training images per run")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="val images per train image")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help=f"val images per train image (at least {MIN_VAL})",
+    )
     p.add_argument("--px", type=int, default=224, help="JPEG size")
     p.add_argument("--input-size", type=int, default=224, help="model input px")
     p.add_argument("--sender-cuts", type=lambda s: s.split(","), default=["layer1", "layer2"])
@@ -323,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
               f"batch {args.batch} per stitch, 1 epoch, streamed, {args.workers} DataLoader "
               f"worker(s), {args.threads} torch thread(s), {args.heap} heap"]  # fmt: skip
     print("\n".join(header), file=sys.stderr, flush=True)
-    val = lambda n: max(CLASSES, int(round(args.val_fraction * n / CLASSES)) * CLASSES)  # noqa: E731
+    val = lambda n: max(MIN_VAL, int(round(args.val_fraction * n / CLASSES)) * CLASSES)  # noqa: E731
     t = time.perf_counter()
     full = make_folder(root / "full", sizes[-1], val(sizes[-1]), args.px)
     print(f"JPEG folder of {sizes[-1]} + {val(sizes[-1])} images ready in "
